@@ -1,0 +1,93 @@
+"""Finding model folders (local or through ModelScope's hub client) and loading SDXL components.
+
+Hub ids go to ModelScope's ``snapshot_download`` at a pinned revision; diffusers
+only ever sees local folders, so it never asks another hub.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+
+# What the pipeline reads from each repo: configs, tokenizers and the
+# .safetensors weights of the components it uses. Single-file checkpoints at the
+# repo root, pickle weights and fp16/onnx/flax variants are never fetched.
+BASE_FILES = [
+    'configuration.json', 'model_index.json', 'scheduler/scheduler_config.json',
+    'tokenizer/*', 'tokenizer_2/*',
+    'text_encoder/config.json', 'text_encoder/model.safetensors',
+    'text_encoder_2/config.json', 'text_encoder_2/model.safetensors',
+    'unet/config.json', 'unet/diffusion_pytorch_model.safetensors',
+    'vae/config.json', 'vae/diffusion_pytorch_model.safetensors',
+]
+# The refiner shares the base's text_encoder_2 and VAE, so only its UNet
+# weights and configs are fetched.
+REFINER_FILES = [
+    'configuration.json', 'model_index.json', 'scheduler/scheduler_config.json', 'tokenizer_2/*',
+    'text_encoder_2/config.json', 'vae/config.json',
+    'unet/config.json', 'unet/diffusion_pytorch_model.safetensors',
+]
+
+
+def is_local_reference(ref: str) -> bool:
+    """A model reference names a local folder when it is a path that exists or looks like one."""
+    return os.path.isabs(ref) or ref.startswith(('.', '~')) or os.path.isdir(ref)
+
+
+def resolve_folder(ref: str, revision: Optional[str], files: List[str],
+                   relative_to: Optional[str] = None) -> str:
+    """Return a local folder for `ref`: the folder itself, or a hub snapshot at `revision`."""
+    if is_local_reference(ref):
+        path = os.path.expanduser(ref)
+        if not os.path.isabs(path) and relative_to is not None and not os.path.isdir(path):
+            path = os.path.normpath(os.path.join(relative_to, path))
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f'model folder {ref!r} does not exist (resolved to {path!r})')
+        return path
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    kwargs: Dict[str, Any] = {'allow_patterns': files}
+    if revision is not None:
+        kwargs['revision'] = revision
+    return snapshot_download(ref, **kwargs)
+
+
+@dataclass
+class SDXLComponents:
+    """Every network of base + refiner, each loaded once; the refiner's text encoder and VAE are the base's."""
+    base: Any  # diffusers StableDiffusionXLPipeline
+    refiner: Optional[Any]  # diffusers StableDiffusionXLImg2ImgPipeline sharing text_encoder_2 and vae
+    device: torch.device
+    dtype: torch.dtype
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere (CPUs without native half/bf16 units are slower in them)."""
+    return torch.float16 if device.type == 'cuda' else torch.float32
+
+
+def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device) -> SDXLComponents:
+    """Load base (and refiner) from local diffusers-layout folders onto `device`.
+
+    On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
+    decoding cannot overflow into NaN (black) images.
+    """
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    dtype = compute_dtype(device)
+    base = StableDiffusionXLPipeline.from_pretrained(
+        base_dir, dtype=dtype, use_safetensors=True, add_watermarker=False)
+    if dtype != torch.float32:
+        base.vae.to(torch.float32)
+    refiner = None
+    if refiner_dir is not None:
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            refiner_dir, text_encoder_2=base.text_encoder_2, vae=base.vae, tokenizer_2=base.tokenizer_2,
+            dtype=dtype, use_safetensors=True, add_watermarker=False)
+    for pipe in (base, refiner):
+        if pipe is not None:
+            pipe.to(device)
+            pipe.set_progress_bar_config(disable=True)
+    return SDXLComponents(base=base, refiner=refiner, device=device, dtype=dtype)

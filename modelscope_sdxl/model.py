@@ -1,0 +1,66 @@
+"""The ModelScope Model: SDXL base + refiner, loaded once and shared by every call."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Tuple, Union
+
+import torch
+from modelscope.models.base import TorchModel
+from modelscope.models.builder import MODELS
+from modelscope.utils.device import create_device
+
+from .generation import generate
+from .loading import REFINER_FILES, load_components, resolve_folder
+from .names import MODEL_TYPE, TASK
+from .parameters import GenerationRequest, ModelLimits
+
+# Keys ModelScope's Model.from_pretrained passes along with configuration.json's `model` section.
+_MODELSCOPE_KEYS = frozenset({'device_map', 'trust_remote_code', 'model_prefetched', 'invoked_by'})
+
+RefinerSpec = Union[None, str, Mapping[str, Any]]
+
+
+def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(model id or folder, revision) of the refiner from config or keyword arguments."""
+    if refiner is None:
+        if refiner_revision is not None:
+            raise ValueError(f'refiner_revision={refiner_revision!r} was given but there is no refiner; '
+                             'pass refiner= as a hub id or folder')
+        return None, None
+    if isinstance(refiner, str):
+        return refiner, refiner_revision
+    if isinstance(refiner, Mapping):
+        unknown = sorted(set(refiner) - {'model_id', 'revision'})
+        if unknown or not isinstance(refiner.get('model_id'), str):
+            raise ValueError("model.refiner in configuration.json must be {'model_id': str, 'revision': str}, "
+                             f'got {dict(refiner)!r}')
+        revision = refiner_revision if refiner_revision is not None else refiner.get('revision')
+        if revision is not None and not isinstance(revision, str):
+            raise ValueError(f'model.refiner.revision must be a string, got {revision!r}')
+        return refiner['model_id'], revision
+    raise TypeError(f'refiner must be a hub id, a local folder or None, got {type(refiner).__name__}')
+
+
+@MODELS.register_module(TASK, module_name=MODEL_TYPE)
+class SDXLModel(TorchModel):
+    """Base from `model_dir` (diffusers layout); refiner from its own repo or folder, sharing the
+    base's text_encoder_2 and VAE."""
+
+    def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
+                 device: str = 'gpu', **kwargs: Any):
+        unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
+        if unknown:
+            raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; '
+                            'known: refiner, refiner_revision, device')
+        super().__init__(model_dir, device=device)
+        ref, revision = refiner_reference(refiner, refiner_revision)
+        self.refiner_id, self.refiner_revision = ref, revision
+        refiner_dir = resolve_folder(ref, revision, REFINER_FILES, relative_to=model_dir) if ref else None
+        self.refiner_dir = refiner_dir
+        self.components = load_components(model_dir, refiner_dir, create_device(device))
+        base = self.components.base
+        self.limits = ModelLimits(
+            default_size=base.unet.config.sample_size * base.vae_scale_factor,
+            size_multiple=base.vae_scale_factor, has_refiner=self.components.refiner is not None)
+
+    def forward(self, request: GenerationRequest) -> torch.Tensor:  # type: ignore[override]
+        return generate(self.components, request)

@@ -1,0 +1,82 @@
+"""The ModelScope Pipeline: {'text': prompt, ...} -> validated request -> two stages -> BGR arrays."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+from modelscope.outputs import OutputKeys
+from modelscope.pipelines.base import Pipeline
+from modelscope.pipelines.builder import PIPELINES
+
+from .loading import BASE_FILES, is_local_reference, resolve_folder
+from .model import RefinerSpec, SDXLModel
+from .names import PIPELINE_TYPE, TASK
+from .output import to_bgr_arrays
+from .parameters import merge_inputs, validate
+
+_UNSET: Any = object()
+# Keys ModelScope's `pipeline()` builder passes to every pipeline.
+_MODELSCOPE_KEYS = frozenset({'trust_remote_code'})
+
+
+@PIPELINES.register_module(TASK, module_name=PIPELINE_TYPE)
+class SDXLPipeline(Pipeline):
+    """SDXL the way it was designed: the base makes latents and the refiner finishes them.
+
+    Args:
+        model: a folder with configuration.json in diffusers layout, a hub id, or an SDXLModel.
+        refiner: overrides configuration.json's ``model.refiner``: a hub id, a local folder,
+            or None for the base alone.
+        refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
+        device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
+        max_images_per_call: cap on images one call may make, so one request cannot exhaust memory.
+    """
+
+    def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
+                 device: str = 'gpu', max_images_per_call: int = 8, **kwargs: Any):
+        unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
+        if unknown:
+            raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
+                            'refiner_revision, device, max_images_per_call')
+        if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
+                or max_images_per_call < 1:
+            raise ValueError(f'max_images_per_call must be an integer >= 1, got {max_images_per_call!r}')
+        model_kwargs: Dict[str, Any] = {}
+        if refiner is not _UNSET:
+            model_kwargs['refiner'] = refiner
+        if refiner_revision is not None:
+            model_kwargs['refiner_revision'] = refiner_revision
+        if isinstance(model, SDXLModel) and model_kwargs:
+            raise ValueError('refiner and refiner_revision cannot be changed on an SDXLModel that is '
+                             'already loaded; pass them to SDXLModel instead')
+        if isinstance(model, str) and not is_local_reference(model):
+            # Reached with pipeline_name=, where ModelScope's builder does not download.
+            model = resolve_folder(model, None, BASE_FILES)
+        super().__init__(model=model, device=device, auto_collate=False, **model_kwargs)
+        if isinstance(self.model, str):
+            # A plain diffusers-format repo whose configuration.json has no `model` section.
+            self.model = SDXLModel(self.model, device=device, **model_kwargs)
+            self.models = [self.model]
+        self.limits = dataclasses.replace(self.model.limits, max_images_per_call=max_images_per_call)
+
+    def prepare_model(self) -> None:
+        # The model placed its networks (and dtypes) itself when it loaded.
+        self._model_prepare = True
+
+    def _check_input(self, input: Any) -> None:
+        # The whole input contract is checked in preprocess, with messages naming each parameter.
+        pass
+
+    def _sanitize_parameters(self, **pipeline_parameters: Any) -> Tuple[Dict, Dict, Dict]:
+        return pipeline_parameters, {}, {}
+
+    def preprocess(self, inputs: Any, **call_params: Any) -> Dict[str, Any]:
+        return {'request': validate(merge_inputs(inputs, call_params), self.limits)}
+
+    def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
+        return {'images': self.model(inputs['request']), 'request': inputs['request']}
+
+    def postprocess(self, inputs: Dict[str, Any], **post_params: Any) -> Dict[str, Any]:
+        request = inputs['request']
+        return {OutputKeys.OUTPUT_IMGS: to_bgr_arrays(inputs['images']), 'seed': request.seed,
+                'parameters': request.parameters()}

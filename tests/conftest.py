@@ -1,0 +1,63 @@
+"""Shared fixtures: the tiny offline SDXL pair, our pipeline on it, and plain diffusers on the same folders."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
+from modelscope.pipelines import pipeline
+from modelscope.utils.constant import Tasks
+from modelscope_sdxl.tiny_models import build_tiny_sdxl
+
+
+@pytest.fixture(scope='session')
+def tiny_sdxl(tmp_path_factory):
+    """(base_dir, refiner_dir) of the tiny random-weight pair, built once per session."""
+    return build_tiny_sdxl(str(tmp_path_factory.mktemp('tiny-sdxl')))
+
+
+@pytest.fixture(scope='session')
+def sdxl_pipe(tiny_sdxl):
+    """Our pipeline built by the model card's call, shared by tests that do not change it."""
+    return pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], model_revision='v1.0.0',
+                    device='cpu')
+
+
+@pytest.fixture(scope='session')
+def diffusers_pair(tiny_sdxl):
+    """Plain diffusers, written the way its docs teach: the refiner shares text_encoder_2 and the VAE."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl[0], use_safetensors=True)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_sdxl[1], text_encoder_2=base.text_encoder_2, vae=base.vae, use_safetensors=True)
+    for p in (base, refiner):
+        p.set_progress_bar_config(disable=True)
+    return base, refiner
+
+
+def diffusers_images(pair, mode, prompt, seed, steps=10, guidance_scale=5.0, negative_prompt=None,
+                     num_images_per_prompt=1, high_noise_frac=0.8, strength=0.3, height=None, width=None):
+    """The reference: a plain diffusers base (+ refiner) run; returns RGB uint8 arrays."""
+    base, refiner = pair
+    generator = torch.Generator('cpu').manual_seed(seed)
+    common = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
+                  guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
+                  generator=generator)
+    if mode == 'none':
+        images = base(**common, height=height, width=width, output_type='np').images
+    elif mode == 'ensemble':
+        latents = base(**common, height=height, width=width, denoising_end=high_noise_frac,
+                       output_type='latent').images
+        images = refiner(**common, image=latents, denoising_start=high_noise_frac, output_type='np').images
+    else:
+        latents = base(**common, height=height, width=width, output_type='latent').images
+        images = refiner(**common, image=latents, strength=strength, output_type='np').images
+    return [(img * 255).round().astype(np.uint8) for img in images]
+
+
+def max_pixel_difference(bgr_images, rgb_images):
+    assert len(bgr_images) == len(rgb_images)
+    return max(int(np.abs(b[:, :, ::-1].astype(int) - r.astype(int)).max())
+               for b, r in zip(bgr_images, rgb_images))
