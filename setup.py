@@ -15,6 +15,7 @@ setup(
         'diffusers>=0.32',
         'transformers>=4.44',
         'accelerate>=0.30',
+        'compel>=2.1',
         'safetensors>=0.4',
         'opencv-python-headless>=4.8',
         'numpy>=1.24',

@@ -2,52 +2,50 @@
 
 Each call runs on its own lightweight diffusers pipeline objects that share the
 loaded networks but own a fresh scheduler, because diffusers schedulers carry
-per-call state. Prompts are encoded under a lock (the Rust tokenizers raise
-"Already borrowed" when shared across threads) and the embeddings are passed to
+per-call state. Prompt embeddings come from :mod:`prompts` and are passed to
 diffusers, which then does exactly what it does for a plain ``prompt=``.
 """
 from __future__ import annotations
 
-import threading
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from .loading import SDXLComponents
 from .parameters import GenerationRequest
-
-_ENCODE_LOCK = threading.Lock()
+from .prompts import encode
+from .schedulers import make_scheduler
 
 
 class NonFiniteOutputError(RuntimeError):
     """Raised instead of returning a black image when latents or pixels hold NaN or inf."""
 
 
-def _for_this_call(pipe: Any) -> Any:
+class GenerationCancelled(RuntimeError):
+    """The call's callback returned False: the run stopped and no image is returned."""
+
+
+def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool) -> Any:
     """A pipeline sharing `pipe`'s networks with a scheduler of its own."""
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
                if k in pipe.config}
-    fresh = type(pipe)(**{**pipe.components, 'scheduler': scheduler}, **options, add_watermarker=False)
-    fresh.set_progress_bar_config(disable=True)
+    fresh = type(pipe)(**{**pipe.components, 'scheduler': make_scheduler(pipe.scheduler, scheduler)},
+                       **options, add_watermarker=False)
+    fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 
 
-def _uses_guidance(pipe: Any, guidance_scale: float) -> bool:
-    # The same test diffusers' SDXL pipelines use for `do_classifier_free_guidance`.
-    return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+def _step_callback(request: GenerationRequest, stage: str) -> Optional[Any]:
+    """diffusers' callback_on_step_end calling the user's callback(stage, step, total_steps)."""
+    if request.callback is None:
+        return None
 
+    def on_step_end(pipe: Any, i: int, t: Any, tensors: Dict[str, Any]) -> Dict[str, Any]:
+        if request.callback(stage, i + 1, pipe.num_timesteps) is False:
+            pipe._interrupt = True  # diffusers' own way to skip the remaining steps
+        return tensors
 
-def _encode(pipe: Any, request: GenerationRequest, device: torch.device) -> Dict[str, torch.Tensor]:
-    """Prompt embeddings exactly as `pipe.__call__(prompt=...)` would compute them."""
-    with _ENCODE_LOCK:
-        embeds = pipe.encode_prompt(
-            prompt=request.prompt, device=device, num_images_per_prompt=1,
-            do_classifier_free_guidance=_uses_guidance(pipe, request.guidance_scale),
-            negative_prompt=request.negative_prompt)
-    names = ('prompt_embeds', 'negative_prompt_embeds', 'pooled_prompt_embeds',
-             'negative_pooled_prompt_embeds')
-    return {k: v for k, v in zip(names, embeds) if v is not None}
+    return on_step_end
 
 
 def _check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -59,7 +57,7 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
 
 @torch.no_grad()
 def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1] (N, 3, H, W), float32, decoded in fp32 as diffusers' SDXL does."""
+    """Latents -> images in [0, 1] (N, 3, H, W), float32, decoded in the VAE's (fp32) precision as SDXL needs."""
     _check_finite(latents, 'latents')
     vae_dtype = next(vae.post_quant_conv.parameters()).dtype
     latents = latents.to(vae_dtype)
@@ -75,28 +73,43 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return (image / 2 + 0.5).clamp(0, 1)
 
 
+def _run_stage(pipe: Any, stage: str, request: GenerationRequest, args: Dict[str, Any],
+               device: torch.device) -> torch.Tensor:
+    callback = _step_callback(request, stage)
+    latents = pipe(**encode(pipe, request, device), **args, callback_on_step_end=callback).images
+    if pipe.interrupt:
+        raise GenerationCancelled(f'cancelled by the callback during the {stage} stage')
+    return latents
+
+
 @torch.no_grad()
-def generate(components: SDXLComponents, request: GenerationRequest) -> torch.Tensor:
+def generate(components: SDXLComponents, request: GenerationRequest, progress_bar: bool = False) -> torch.Tensor:
     """Run base (and refiner) for one request; return images in [0, 1], (N, 3, H, W) on the CPU."""
     device = components.device
     generator = torch.Generator('cpu').manual_seed(request.seed)
     common: Dict[str, Any] = dict(
         num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-        num_images_per_prompt=request.num_images_per_prompt, generator=generator, output_type='latent')
+        guidance_rescale=request.guidance_rescale, num_images_per_prompt=request.num_images_per_prompt,
+        generator=generator, output_type='latent', original_size=request.original_size,
+        crops_coords_top_left=request.crops_coords_top_left, target_size=request.target_size,
+        negative_original_size=request.negative_original_size,
+        negative_crops_coords_top_left=request.negative_crops_coords_top_left,
+        negative_target_size=request.negative_target_size)
 
-    base = _for_this_call(components.base)
+    base = _for_this_call(components.base, request.scheduler, 'base', progress_bar)
     base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
     if request.refiner_mode == 'ensemble':
         base_args['denoising_end'] = request.high_noise_frac
-    latents = base(**_encode(base, request, device), **base_args).images
+    latents = _run_stage(base, 'base', request, base_args, device)
 
     if request.refiner_mode != 'none':
-        refiner = _for_this_call(components.refiner)
-        refiner_args: Dict[str, Any] = dict(common, image=latents)
+        refiner = _for_this_call(components.refiner, request.scheduler, 'refiner', progress_bar)
+        refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
+                                            negative_aesthetic_score=request.negative_aesthetic_score)
         if request.refiner_mode == 'ensemble':
             refiner_args['denoising_start'] = request.high_noise_frac
         else:
             refiner_args['strength'] = request.strength
-        latents = refiner(**_encode(refiner, request, device), **refiner_args).images
+        latents = _run_stage(refiner, 'refiner', request, refiner_args, device)
 
     return decode_latents(components.base.vae, latents).cpu()

@@ -58,9 +58,11 @@ class SDXLModel(TorchModel):
         self.refiner_dir = refiner_dir
         self.components = load_components(model_dir, refiner_dir, create_device(device))
         base = self.components.base
+        encoder_layers = min(e.config.num_hidden_layers for e in (base.text_encoder, base.text_encoder_2))
         self.limits = ModelLimits(
             default_size=base.unet.config.sample_size * base.vae_scale_factor,
-            size_multiple=base.vae_scale_factor, has_refiner=self.components.refiner is not None)
+            size_multiple=base.vae_scale_factor, has_refiner=self.components.refiner is not None,
+            max_clip_skip=encoder_layers - 1)
 
-    def forward(self, request: GenerationRequest) -> torch.Tensor:  # type: ignore[override]
-        return generate(self.components, request)
+    def forward(self, request: GenerationRequest, progress_bar: bool = False) -> torch.Tensor:  # type: ignore[override]
+        return generate(self.components, request, progress_bar=progress_bar)

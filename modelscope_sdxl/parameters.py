@@ -4,19 +4,29 @@ Parameters arrive as keys of the input dict (as ModelScope's built-in diffusers
 pipeline takes them) or as keyword arguments of the call (as ``modelscope
 server`` passes its "parameters"). Both are merged, checked against the table
 below and turned into a :class:`GenerationRequest`. The same table produces the
-JSON Schema (:func:`json_schema`) and docs/parameters.md.
+JSON Schema (:func:`json_schema`), the command-line flags and docs/parameters.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .schedulers import SCHEDULER_NAMES
 
 REFINER_MODES = ('ensemble', 'sdedit', 'none')
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096
+# SDXL's trained aspect buckets (height, width), all near 1024 x 1024 pixels.
+SDXL_BUCKETS: Tuple[Tuple[int, int], ...] = (
+    (512, 2048), (512, 1984), (512, 1920), (512, 1856), (576, 1792), (576, 1728), (576, 1664), (640, 1600),
+    (640, 1536), (704, 1472), (704, 1408), (704, 1344), (768, 1344), (768, 1280), (832, 1216), (832, 1152),
+    (896, 1152), (896, 1088), (960, 1088), (960, 1024), (1024, 1024), (1024, 960), (1088, 960), (1088, 896),
+    (1152, 896), (1152, 832), (1216, 832), (1280, 768), (1344, 768), (1408, 704), (1472, 704), (1536, 640),
+    (1600, 640), (1664, 576), (1728, 576), (1792, 576), (1856, 512), (1920, 512), (1984, 512), (2048, 512))
 
 
 @dataclass(frozen=True)
@@ -25,15 +35,16 @@ class ModelLimits:
     default_size: int  # unet.config.sample_size * vae_scale_factor
     size_multiple: int  # vae_scale_factor: latents are 1/8 of the image
     has_refiner: bool
+    max_clip_skip: int = 0  # text encoder layers - 1
     max_images_per_call: int = 8
 
 
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # JSON Schema type: 'string', 'integer', 'number'
+    type: str  # 'string', 'integer', 'number', 'boolean', or 'size' (a pair of integers)
     default: Any
-    stage: str  # which stage it affects: 'base', 'refiner', 'both', 'output'
+    stage: str  # which stage it affects: 'base', 'refiner', 'both'
     description: str
     minimum: Optional[float] = None
     maximum: Optional[float] = None
@@ -41,22 +52,40 @@ class Param:
     exclusive_maximum: Optional[float] = None
     choices: Tuple[str, ...] = ()
     nullable: bool = False
+    refiner_modes: Tuple[str, ...] = REFINER_MODES  # modes in which giving it has an effect
 
+
+_WITH_REFINER = ('ensemble', 'sdedit')
 
 # `None` as a default means "derived at run time" (from the model or another parameter).
 PARAMS: Tuple[Param, ...] = (
-    Param('text', 'string', None, 'both', 'The prompt. Required.'),
+    Param('text', 'string', None, 'both', 'The prompt. Required. Longer than 77 tokens is encoded in chunks, '
+          'never cut.'),
     Param('negative_prompt', 'string', None, 'both',
-          'What the image should not show. Without it, the base uses zero embeddings '
-          '(SDXL\'s force_zeros_for_empty_prompt).', nullable=True),
+          "What the image should not show. Without it, the base uses zero embeddings "
+          "(SDXL's force_zeros_for_empty_prompt).", nullable=True),
+    Param('prompt_2', 'string', None, 'both',
+          'Prompt for the second text encoder (OpenCLIP bigG); default: the prompt.', nullable=True),
+    Param('negative_prompt_2', 'string', None, 'both',
+          'Negative prompt for the second text encoder; default: negative_prompt.', nullable=True),
+    Param('prompt_weighting', 'boolean', False, 'both',
+          'Read (word:1.3), (word) and [word] as attention weights (AUTOMATIC1111 syntax, computed with compel).'),
     Param('num_inference_steps', 'integer', 30, 'both',
           'Denoising steps of the whole schedule, shared by base and refiner.', minimum=1, maximum=1000),
     Param('guidance_scale', 'number', 5.0, 'both',
           'Classifier-free guidance weight; values <= 1 turn guidance off.', minimum=0, maximum=100),
+    Param('guidance_rescale', 'number', 0.0, 'both',
+          'Rescale of the guided noise prediction (Common Diffusion Noise Schedules paper, section 3.4).',
+          minimum=0, maximum=1),
+    Param('scheduler', 'string', None, 'both', "Sampler for this call; default: the model's own (Euler for SDXL).",
+          choices=SCHEDULER_NAMES, nullable=True),
     Param('height', 'integer', None, 'base',
-          'Image height in pixels; a multiple of the VAE scale factor (8). Default: the model\'s native size '
+          "Image height in pixels, a multiple of the VAE scale factor (8). Default: the model's native size "
           '(1024 for SDXL).', nullable=True),
     Param('width', 'integer', None, 'base', 'Image width in pixels; same rules as height.', nullable=True),
+    Param('aspect_ratio', 'string', None, 'base',
+          "'W:H' such as '16:9': picks SDXL's nearest trained size bucket, scaled to the model's native size. "
+          'Not together with height or width.', nullable=True),
     Param('seed', 'integer', None, 'both',
           'Seed of the CPU generator used by both stages. Without it a random seed is drawn and reported '
           'in the output.', minimum=0, maximum=MAX_SEED, nullable=True),
@@ -66,13 +95,32 @@ PARAMS: Tuple[Param, ...] = (
           "How the refiner finishes the base's latents. Default: 'ensemble' when a refiner is loaded, "
           "else 'none'.", choices=REFINER_MODES, nullable=True),
     Param('high_noise_frac', 'number', 0.8, 'both',
-          "refiner_mode='ensemble' only: share of the schedule the base denoises before the refiner "
-          'takes over.', exclusive_minimum=0, exclusive_maximum=1),
-    Param('strength', 'number', 0.3, 'refiner',
-          "refiner_mode='sdedit' only: how much noise the refiner adds back to the base's latents.",
-          exclusive_minimum=0, exclusive_maximum=1),
+          'Share of the schedule the base denoises before the refiner takes over.',
+          exclusive_minimum=0, exclusive_maximum=1, refiner_modes=('ensemble',)),
+    Param('strength', 'number', 0.3, 'refiner', "How much noise the refiner adds back to the base's latents.",
+          exclusive_minimum=0, exclusive_maximum=1, refiner_modes=('sdedit',)),
+    Param('original_size', 'size', None, 'both',
+          'Micro-conditioning (height, width) of the "original" image; default: (height, width).', nullable=True),
+    Param('crops_coords_top_left', 'size', (0, 0), 'both',
+          'Micro-conditioning crop corner (top, left); (0, 0) gives well-centred images.'),
+    Param('target_size', 'size', None, 'both', 'Micro-conditioning target (height, width); default: (height, width).',
+          nullable=True),
+    Param('negative_original_size', 'size', None, 'both', 'original_size for the negative branch.', nullable=True),
+    Param('negative_crops_coords_top_left', 'size', (0, 0), 'both', 'crops_coords_top_left for the negative branch.'),
+    Param('negative_target_size', 'size', None, 'both', 'target_size for the negative branch.', nullable=True),
+    Param('aesthetic_score', 'number', 6.0, 'refiner', "The refiner's aesthetic-score conditioning.",
+          minimum=0, maximum=10, refiner_modes=_WITH_REFINER),
+    Param('negative_aesthetic_score', 'number', 2.5, 'refiner', 'Aesthetic score of the negative branch.',
+          minimum=0, maximum=10, refiner_modes=_WITH_REFINER),
+    Param('clip_skip', 'integer', None, 'both',
+          'Text encoder layers to skip from the end (1 = use the layer before the penultimate).',
+          minimum=1, nullable=True),
 )
 PARAMS_BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
+# Python-only call arguments: not JSON, so not in the schema.
+CALL_ONLY = ('callback',)
+
+Size = Tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -80,8 +128,13 @@ class GenerationRequest:
     """A validated request: every field checked and every default filled in."""
     prompt: str
     negative_prompt: Optional[str]
+    prompt_2: Optional[str]
+    negative_prompt_2: Optional[str]
+    prompt_weighting: bool
     num_inference_steps: int
     guidance_scale: float
+    guidance_rescale: float
+    scheduler: Optional[str]
     height: int
     width: int
     seed: int
@@ -89,22 +142,35 @@ class GenerationRequest:
     refiner_mode: str
     high_noise_frac: float
     strength: float
-    seed_was_given: bool = field(default=True, compare=False)
+    original_size: Optional[Size]
+    crops_coords_top_left: Size
+    target_size: Optional[Size]
+    negative_original_size: Optional[Size]
+    negative_crops_coords_top_left: Size
+    negative_target_size: Optional[Size]
+    aesthetic_score: float
+    negative_aesthetic_score: float
+    clip_skip: Optional[int]
+    callback: Optional[Callable[[str, int, int], Any]] = field(default=None, compare=False, repr=False)
 
     def parameters(self) -> Dict[str, Any]:
-        """Every parameter that shaped the images, the seed included: enough to make them again."""
-        return {
-            'text': self.prompt, 'negative_prompt': self.negative_prompt,
-            'num_inference_steps': self.num_inference_steps, 'guidance_scale': self.guidance_scale,
-            'height': self.height, 'width': self.width, 'seed': self.seed,
-            'num_images_per_prompt': self.num_images_per_prompt, 'refiner_mode': self.refiner_mode,
-            'high_noise_frac': self.high_noise_frac, 'strength': self.strength,
-        }
+        """Every parameter that shaped the images, the seed included: enough to make them again.
+
+        Parameters of a stage that did not run are left out, so the dict is a valid input as it is.
+        """
+        values = {'text': self.prompt}
+        for p in PARAMS[1:]:
+            if self.refiner_mode in p.refiner_modes and p.name != 'aspect_ratio':
+                value = getattr(self, p.name)
+                values[p.name] = list(value) if isinstance(value, tuple) else value
+        return values
 
 
 def _allowed(p: Param) -> str:
     if p.choices:
         return 'one of ' + ', '.join(repr(c) for c in p.choices)
+    if p.type == 'size':
+        return 'a pair of integers [a, b]' + (' >= 0' if 'crops' in p.name else ' >= 1')
     bounds = []
     if p.minimum is not None:
         bounds.append(f'>= {p.minimum:g}')
@@ -114,22 +180,37 @@ def _allowed(p: Param) -> str:
         bounds.append(f'<= {p.maximum:g}')
     if p.exclusive_maximum is not None:
         bounds.append(f'< {p.exclusive_maximum:g}')
-    kind = {'integer': 'an integer', 'number': 'a number', 'string': 'a string'}[p.type]
+    kind = {'integer': 'an integer', 'number': 'a number', 'string': 'a string', 'boolean': 'true or false'}[p.type]
     return kind + (' ' + ' and '.join(bounds) if bounds else '')
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_value(p: Param, value: Any) -> Any:
-    """Type and range check of one value; returns it normalised (int/float/str)."""
+    """Type and range check of one value; returns it normalised (int/float/str/bool/tuple)."""
     if value is None:
         if p.nullable:
             return None
         raise ValueError(f'{p.name} must be {_allowed(p)}, got None')
     if p.type == 'string':
         if not isinstance(value, str):
-            raise TypeError(f'{p.name} must be a string, got {type(value).__name__}')
+            raise TypeError(f'{p.name} must be {_allowed(p)}, got {type(value).__name__}')
         if p.choices and value not in p.choices:
             raise ValueError(f'{p.name} must be {_allowed(p)}, got {value!r}')
         return value
+    if p.type == 'boolean':
+        if not isinstance(value, bool):
+            raise TypeError(f'{p.name} must be true or false, got {type(value).__name__} {value!r}')
+        return value
+    if p.type == 'size':
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_int(v) for v in value):
+            raise TypeError(f'{p.name} must be {_allowed(p)}, got {value!r}')
+        low = 0 if 'crops' in p.name else 1
+        if min(value) < low or max(value) > 4 * MAX_SIDE:
+            raise ValueError(f'{p.name} must be {_allowed(p)} and <= {4 * MAX_SIDE}, got {list(value)!r}')
+        return (int(value[0]), int(value[1]))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f'{p.name} must be {_allowed(p)}, got {type(value).__name__} {value!r}')
     if p.type == 'integer':
@@ -166,18 +247,46 @@ def merge_inputs(inputs: Any, call_params: Mapping[str, Any]) -> Dict[str, Any]:
     return merged
 
 
+def bucket_for_aspect_ratio(aspect_ratio: str, native_size: int, multiple: int) -> Size:
+    """SDXL's trained bucket nearest to 'W:H', scaled from 1024 to the model's native size."""
+    parts = aspect_ratio.split(':')
+    try:
+        w, h = (float(x) for x in parts)
+        if len(parts) != 2 or not (w > 0 and h > 0 and math.isfinite(w / h)):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"aspect_ratio must be 'W:H' with positive numbers, such as '16:9', got {aspect_ratio!r}")
+    target = math.log(w / h)
+    bh, bw = min(SDXL_BUCKETS, key=lambda b: abs(math.log(b[1] / b[0]) - target))
+    scale = native_size / 1024
+
+    def snap(x: float) -> int:
+        return max(multiple, int(math.floor(x * scale / multiple + 0.5)) * multiple)
+
+    return snap(bh), snap(bw)
+
+
 def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
     """Check every parameter against the table and the loaded model; fill in defaults."""
-    unknown = sorted(set(raw) - set(PARAMS_BY_NAME))
+    unknown = sorted(set(raw) - set(PARAMS_BY_NAME) - set(CALL_ONLY))
     if unknown:
         raise ValueError(f'unknown parameter(s) {", ".join(map(repr, unknown))}; '
-                         f'known parameters: {", ".join(p.name for p in PARAMS)}')
+                         f'known parameters: {", ".join(known_parameters())}')
     if 'text' not in raw:
         raise ValueError("text is required: pass the prompt as {'text': 'a dog'}")
+    callback = raw.get('callback')
+    if callback is not None and not callable(callback):
+        raise TypeError(f'callback must be callable as callback(stage, step, total_steps), '
+                        f'got {type(callback).__name__}')
     v = {p.name: _check_value(p, raw[p.name]) if p.name in raw else p.default for p in PARAMS}
     if v['text'] is None:
         raise ValueError('text must be a string, got None')
 
+    if v['aspect_ratio'] is not None:
+        if raw.get('height') is not None or raw.get('width') is not None:
+            raise ValueError('aspect_ratio cannot be combined with height or width; give one or the other')
+        v['height'], v['width'] = bucket_for_aspect_ratio(v['aspect_ratio'], limits.default_size,
+                                                         limits.size_multiple)
     for side in ('height', 'width'):
         if v[side] is None:
             v[side] = limits.default_size
@@ -189,52 +298,59 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
     if images > limits.max_images_per_call:
         raise ValueError(f'num_images_per_prompt must be <= {limits.max_images_per_call} '
                          f'(max_images_per_call of this pipeline), got {images}')
+    if v['clip_skip'] is not None and v['clip_skip'] > limits.max_clip_skip:
+        raise ValueError(f"clip_skip must be between 1 and {limits.max_clip_skip} for this model's text "
+                         f"encoders, got {v['clip_skip']}")
 
     mode = v['refiner_mode'] or ('ensemble' if limits.has_refiner else 'none')
     if mode != 'none' and not limits.has_refiner:
         raise ValueError(f"refiner_mode={mode!r} needs a refiner, and this pipeline has none; "
                          "use refiner_mode='none' or load one with pipeline(..., refiner=...)")
-    if 'high_noise_frac' in raw and mode != 'ensemble':
-        raise ValueError(f"high_noise_frac applies only to refiner_mode='ensemble', not {mode!r}")
-    if 'strength' in raw and mode != 'sdedit':
-        raise ValueError(f"strength applies only to refiner_mode='sdedit', not {mode!r}")
+    for p in PARAMS:
+        if p.name in raw and mode not in p.refiner_modes:
+            modes = ' or '.join(repr(m) for m in p.refiner_modes)
+            raise ValueError(f'{p.name} applies only to refiner_mode={modes}, not {mode!r}')
+    steps = v['num_inference_steps']
     if mode == 'ensemble':
-        base_steps = int(v['high_noise_frac'] * v['num_inference_steps'])
-        if base_steps < 1 or base_steps >= v['num_inference_steps']:
-            raise ValueError(f"num_inference_steps={v['num_inference_steps']} with high_noise_frac="
-                             f"{v['high_noise_frac']:g} leaves a stage with no step; use more steps")
-    if mode == 'sdedit' and int(v['strength'] * v['num_inference_steps']) < 1:
-        raise ValueError(f"num_inference_steps={v['num_inference_steps']} with strength={v['strength']:g} "
-                         'gives the refiner no step; use more steps or a higher strength')
+        base_steps = int(v['high_noise_frac'] * steps)
+        if base_steps < 1 or base_steps >= steps:
+            raise ValueError(f"num_inference_steps={steps} with high_noise_frac={v['high_noise_frac']:g} leaves "
+                             'a stage with no step; use more steps')
+    if mode == 'sdedit' and int(v['strength'] * steps) < 1:
+        raise ValueError(f"num_inference_steps={steps} with strength={v['strength']:g} gives the refiner no "
+                         'step; use more steps or a higher strength')
 
     seed_given = v['seed'] is not None
-    seed = v['seed'] if seed_given else random.SystemRandom().randrange(2**32)
-    return GenerationRequest(
-        prompt=v['text'], negative_prompt=v['negative_prompt'],
-        num_inference_steps=v['num_inference_steps'], guidance_scale=v['guidance_scale'],
-        height=v['height'], width=v['width'], seed=seed, num_images_per_prompt=images,
-        refiner_mode=mode, high_noise_frac=v['high_noise_frac'], strength=v['strength'],
-        seed_was_given=seed_given)
+    values = {f.name: v[f.name] for f in dataclasses.fields(GenerationRequest)
+              if f.name in v and f.name != 'text'}
+    values.update(prompt=v['text'], refiner_mode=mode, num_images_per_prompt=images,
+                  seed=v['seed'] if seed_given else random.SystemRandom().randrange(2**32), callback=callback)
+    return GenerationRequest(**values)
 
 
 def json_schema() -> Dict[str, Any]:
     """JSON Schema of the input, generated from the same table the validation uses."""
     props: Dict[str, Any] = {}
     for p in PARAMS:
-        s: Dict[str, Any] = {'type': [p.type, 'null'] if p.nullable else p.type,
+        json_type = 'array' if p.type == 'size' else p.type
+        s: Dict[str, Any] = {'type': [json_type, 'null'] if p.nullable else json_type,
                              'description': p.description, 'x-stage': p.stage}
+        if p.type == 'size':
+            s.update(items={'type': 'integer', 'minimum': 0 if 'crops' in p.name else 1}, minItems=2, maxItems=2)
         if p.default is not None:
-            s['default'] = p.default
+            s['default'] = list(p.default) if isinstance(p.default, tuple) else p.default
         if p.choices:
             s['enum'] = list(p.choices) + ([None] if p.nullable else [])
         for key, val in (('minimum', p.minimum), ('maximum', p.maximum),
                          ('exclusiveMinimum', p.exclusive_minimum), ('exclusiveMaximum', p.exclusive_maximum)):
             if val is not None:
                 s[key] = val
+        if p.refiner_modes != REFINER_MODES:
+            s['x-refiner-modes'] = list(p.refiner_modes)
         props[p.name] = s
     return {'$schema': 'https://json-schema.org/draft/2020-12/schema', 'title': 'SDXL base + refiner input',
             'type': 'object', 'properties': props, 'required': ['text'], 'additionalProperties': False}
 
 
 def known_parameters() -> List[str]:
-    return [p.name for p in PARAMS]
+    return [p.name for p in PARAMS] + list(CALL_ONLY)

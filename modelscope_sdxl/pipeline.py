@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from modelscope.outputs import OutputKeys
@@ -30,14 +31,17 @@ class SDXLPipeline(Pipeline):
         refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
         max_images_per_call: cap on images one call may make, so one request cannot exhaust memory.
+        progress_bar: show a progress bar per stage; default: only when stderr is a terminal
+            (servers and logs stay clean).
     """
 
     def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
-                 device: str = 'gpu', max_images_per_call: int = 8, **kwargs: Any):
+                 device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
+                 **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, device, max_images_per_call')
+                            'refiner_revision, device, max_images_per_call, progress_bar')
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
             raise ValueError(f'max_images_per_call must be an integer >= 1, got {max_images_per_call!r}')
@@ -58,6 +62,9 @@ class SDXLPipeline(Pipeline):
             self.model = SDXLModel(self.model, device=device, **model_kwargs)
             self.models = [self.model]
         self.limits = dataclasses.replace(self.model.limits, max_images_per_call=max_images_per_call)
+        if progress_bar is not None and not isinstance(progress_bar, bool):
+            raise TypeError(f'progress_bar must be True, False or None, got {progress_bar!r}')
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
 
     def prepare_model(self) -> None:
         # The model placed its networks (and dtypes) itself when it loaded.
@@ -74,7 +81,8 @@ class SDXLPipeline(Pipeline):
         return {'request': validate(merge_inputs(inputs, call_params), self.limits)}
 
     def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
-        return {'images': self.model(inputs['request']), 'request': inputs['request']}
+        images = self.model(inputs['request'], progress_bar=self.progress_bar)
+        return {'images': images, 'request': inputs['request']}
 
     def postprocess(self, inputs: Dict[str, Any], **post_params: Any) -> Dict[str, Any]:
         request = inputs['request']

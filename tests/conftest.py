@@ -37,23 +37,32 @@ def diffusers_pair(tiny_sdxl):
     return base, refiner
 
 
-def diffusers_images(pair, mode, prompt, seed, steps=10, guidance_scale=5.0, negative_prompt=None,
-                     num_images_per_prompt=1, high_noise_frac=0.8, strength=0.3, height=None, width=None):
-    """The reference: a plain diffusers base (+ refiner) run; returns RGB uint8 arrays."""
+def diffusers_images(pair, mode, prompt, seed, steps=10, num_images_per_prompt=1, high_noise_frac=0.8,
+                     strength=0.3, height=None, width=None, scheduler=None, refiner_kwargs=None, **shared):
+    """The reference: a plain diffusers base (+ refiner) run; returns RGB uint8 arrays.
+
+    `shared` keyword arguments go to both stages' __call__, `refiner_kwargs` to the refiner's only;
+    `scheduler` is (diffusers class, config overrides) set on both pipelines for this run.
+    """
     base, refiner = pair
-    generator = torch.Generator('cpu').manual_seed(seed)
-    common = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
-                  guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt,
-                  generator=generator)
-    if mode == 'none':
-        images = base(**common, height=height, width=width, output_type='np').images
-    elif mode == 'ensemble':
-        latents = base(**common, height=height, width=width, denoising_end=high_noise_frac,
-                       output_type='latent').images
-        images = refiner(**common, image=latents, denoising_start=high_noise_frac, output_type='np').images
-    else:
-        latents = base(**common, height=height, width=width, output_type='latent').images
-        images = refiner(**common, image=latents, strength=strength, output_type='np').images
+    saved = base.scheduler, refiner.scheduler
+    if scheduler is not None:
+        cls, overrides = scheduler
+        base.scheduler = cls.from_config(base.scheduler.config, **overrides)
+        refiner.scheduler = cls.from_config(refiner.scheduler.config, **overrides)
+    try:
+        generator = torch.Generator('cpu').manual_seed(seed)
+        common = dict(prompt=prompt, num_inference_steps=steps, num_images_per_prompt=num_images_per_prompt,
+                      generator=generator, **shared)
+        if mode == 'none':
+            images = base(**common, height=height, width=width, output_type='np').images
+        else:
+            split = {'denoising_end': high_noise_frac} if mode == 'ensemble' else {}
+            latents = base(**common, height=height, width=width, output_type='latent', **split).images
+            split = {'denoising_start': high_noise_frac} if mode == 'ensemble' else {'strength': strength}
+            images = refiner(**common, image=latents, output_type='np', **split, **(refiner_kwargs or {})).images
+    finally:
+        base.scheduler, refiner.scheduler = saved
     return [(img * 255).round().astype(np.uint8) for img in images]
 
 
