@@ -21,6 +21,9 @@ setup(
         'numpy>=1.24',
         'pillow>=9.0',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={
+        'lora': ['peft>=0.10'],
+        'test': ['pytest>=7', 'peft>=0.10'],
+    },
     entry_points={'console_scripts': ['modelscope-sdxl=modelscope_sdxl.cli:main']},
 )

@@ -6,6 +6,7 @@ only ever sees local folders, so it never asks another hub.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -63,12 +64,23 @@ class SDXLComponents:
     dtype: torch.dtype
 
 
+_DEVICE_RE = re.compile(r'^(cpu|gpu|cuda)(:\d+)?$')
+
+
+def check_device(device: Any) -> str:
+    """'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N' (ModelScope's names); anything else is refused up front."""
+    if not isinstance(device, str) or not _DEVICE_RE.match(device) or device.startswith('cpu:'):
+        raise ValueError(f"device must be 'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N', got {device!r}")
+    return device
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA, fp32 elsewhere (CPUs without native half/bf16 units are slower in them)."""
     return torch.float16 if device.type == 'cuda' else torch.float32
 
 
-def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device) -> SDXLComponents:
+def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device,
+                    lora: Optional[list] = None) -> SDXLComponents:
     """Load base (and refiner) from local diffusers-layout folders onto `device`.
 
     On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
@@ -86,6 +98,9 @@ def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.dev
         refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             refiner_dir, text_encoder_2=base.text_encoder_2, vae=base.vae, tokenizer_2=base.tokenizer_2,
             dtype=dtype, use_safetensors=True, add_watermarker=False)
+    if lora:
+        from .lora import apply_lora
+        apply_lora(base, refiner, lora)
     for pipe in (base, refiner):
         if pipe is not None:
             pipe.to(device)

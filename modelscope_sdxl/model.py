@@ -9,7 +9,8 @@ from modelscope.models.builder import MODELS
 from modelscope.utils.device import create_device
 
 from .generation import generate
-from .loading import REFINER_FILES, load_components, resolve_folder
+from .lora import parse_lora
+from .loading import REFINER_FILES, check_device, load_components, resolve_folder
 from .names import MODEL_TYPE, TASK
 from .parameters import GenerationRequest, ModelLimits
 
@@ -46,17 +47,19 @@ class SDXLModel(TorchModel):
     base's text_encoder_2 and VAE."""
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
-                 device: str = 'gpu', **kwargs: Any):
+                 device: str = 'gpu', lora: Any = None, **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; '
-                            'known: refiner, refiner_revision, device')
-        super().__init__(model_dir, device=device)
+                            'known: refiner, refiner_revision, device, lora')
+        super().__init__(model_dir, device=check_device(device))
+        lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
         self.refiner_id, self.refiner_revision = ref, revision
         refiner_dir = resolve_folder(ref, revision, REFINER_FILES, relative_to=model_dir) if ref else None
         self.refiner_dir = refiner_dir
-        self.components = load_components(model_dir, refiner_dir, create_device(device))
+        self.lora = lora_specs
+        self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs)
         base = self.components.base
         encoder_layers = min(e.config.num_hidden_layers for e in (base.text_encoder, base.text_encoder_2))
         self.limits = ModelLimits(

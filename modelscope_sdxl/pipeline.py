@@ -9,7 +9,7 @@ from modelscope.outputs import OutputKeys
 from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
-from .loading import BASE_FILES, is_local_reference, resolve_folder
+from .loading import BASE_FILES, check_device, is_local_reference, resolve_folder
 from .model import RefinerSpec, SDXLModel
 from .names import PIPELINE_TYPE, TASK
 from .output import to_bgr_arrays
@@ -29,6 +29,9 @@ class SDXLPipeline(Pipeline):
         refiner: overrides configuration.json's ``model.refiner``: a hub id, a local folder,
             or None for the base alone.
         refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
+        lora: LoRA weights fused at load: a .safetensors file, folder or hub id, a (path, scale) pair,
+            a dict {'path', 'scale', 'target': 'base'|'refiner'|'both', 'revision', 'weight_name'},
+            or a list of these.
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
         max_images_per_call: cap on images one call may make, so one request cannot exhaust memory.
         progress_bar: show a progress bar per stage; default: only when stderr is a terminal
@@ -36,12 +39,14 @@ class SDXLPipeline(Pipeline):
     """
 
     def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
+                 lora: Any = None,
                  device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
                  **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, device, max_images_per_call, progress_bar')
+                            'refiner_revision, lora, device, max_images_per_call, progress_bar')
+        check_device(device)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
             raise ValueError(f'max_images_per_call must be an integer >= 1, got {max_images_per_call!r}')
@@ -50,8 +55,10 @@ class SDXLPipeline(Pipeline):
             model_kwargs['refiner'] = refiner
         if refiner_revision is not None:
             model_kwargs['refiner_revision'] = refiner_revision
+        if lora is not None:
+            model_kwargs['lora'] = lora
         if isinstance(model, SDXLModel) and model_kwargs:
-            raise ValueError('refiner and refiner_revision cannot be changed on an SDXLModel that is '
+            raise ValueError('refiner, refiner_revision and lora cannot be changed on an SDXLModel that is '
                              'already loaded; pass them to SDXLModel instead')
         if isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder does not download.

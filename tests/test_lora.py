@@ -1,0 +1,93 @@
+"""LoRA: fused at construction, scaled, scale 0 gives the plain image, and equal to diffusers' own LoRA run."""
+import os
+
+import pytest
+import torch
+
+from conftest import diffusers_images, max_pixel_difference
+from modelscope.pipelines import pipeline
+from modelscope.utils.constant import Tasks
+
+PARAMS = {'text': 'a red circle', 'seed': 5, 'num_inference_steps': 10}
+
+
+def make_lora(unet, folder, seed, file_name='pytorch_lora_weights.safetensors'):
+    """A random LoRA for `unet` saved as diffusers saves trained LoRAs."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=['to_q', 'to_k', 'to_v', 'to_out.0']), adapter_name='tmp')
+    state = get_peft_model_state_dict(unet, adapter_name='tmp')
+    unet.delete_adapters('tmp')
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=file_name,
+                                                safe_serialization=True)
+    return os.path.join(folder, file_name)
+
+
+@pytest.fixture(scope='module')
+def lora_files(tiny_sdxl, tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path_factory.mktemp('lora')
+    base_unet = UNet2DConditionModel.from_pretrained(os.path.join(tiny_sdxl[0], 'unet'))
+    refiner_unet = UNet2DConditionModel.from_pretrained(os.path.join(tiny_sdxl[1], 'unet'))
+    return {'base': make_lora(base_unet, str(folder), 1, 'base_lora.safetensors'),
+            'refiner': make_lora(refiner_unet, str(folder), 2, 'refiner_lora.safetensors')}
+
+
+def build(tiny_sdxl, lora):
+    return pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', lora=lora)
+
+
+def test_scale_changes_the_image_and_zero_gives_the_plain_image(tiny_sdxl, lora_files, sdxl_pipe):
+    plain = sdxl_pipe(PARAMS)['output_imgs']
+    zero = build(tiny_sdxl, [(lora_files['base'], 0.0)])(PARAMS)['output_imgs']
+    half = build(tiny_sdxl, [(lora_files['base'], 0.5)])(PARAMS)['output_imgs']
+    full = build(tiny_sdxl, {'path': lora_files['base'], 'scale': 1.0})(PARAMS)['output_imgs']
+    assert max_pixel_difference(zero, [img[:, :, ::-1] for img in plain]) == 0
+    assert max_pixel_difference(half, [img[:, :, ::-1] for img in plain]) > 2
+    assert max_pixel_difference(full, [img[:, :, ::-1] for img in half]) > 2
+
+
+def test_lora_matches_diffusers_own_lora_run(tiny_sdxl, lora_files):
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    ours = build(tiny_sdxl, [{'path': lora_files['base'], 'scale': 0.7},
+                             {'path': lora_files['refiner'], 'scale': 0.9, 'target': 'refiner'}])(PARAMS)
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl[0], use_safetensors=True)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_sdxl[1], text_encoder_2=base.text_encoder_2, vae=base.vae, use_safetensors=True)
+    for pipe, key, scale in ((base, 'base', 0.7), (refiner, 'refiner', 0.9)):
+        folder, name = os.path.split(lora_files[key])
+        pipe.load_lora_weights(folder, weight_name=name, adapter_name=key)
+        pipe.set_adapters([key], adapter_weights=[scale])
+        pipe.set_progress_bar_config(disable=True)
+    reference = diffusers_images((base, refiner), 'ensemble', PARAMS['text'], PARAMS['seed'])
+    assert max_pixel_difference(ours['output_imgs'], reference) <= 2
+
+
+@pytest.mark.parametrize('lora,error,words', [
+    (42, TypeError, ['lora']),
+    ([{'path': 'x.safetensors', 'scale': 'big'}], TypeError, ['lora[0].scale']),
+    ([{'path': 'x.safetensors', 'target': 'vae'}], ValueError, ['lora[0].target', "'refiner'"]),
+    ([{'path': 'x.safetensors', 'weight': 1}], ValueError, ['lora[0]', 'weight']),
+])
+def test_bad_lora_arguments_are_rejected(tiny_sdxl, lora, error, words):
+    with pytest.raises(error) as caught:
+        build(tiny_sdxl, lora)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+def test_pickle_lora_is_refused(tiny_sdxl, tmp_path):
+    bad = tmp_path / 'lora.bin'
+    bad.write_bytes(b'not read')
+    with pytest.raises(ValueError, match='pickle'):
+        build(tiny_sdxl, str(bad))
+
+
+def test_lora_for_another_model_is_refused(tiny_sdxl, lora_files):
+    with pytest.raises(ValueError, match='does not fit the base model'):
+        build(tiny_sdxl, {'path': lora_files['refiner'], 'target': 'base'})
