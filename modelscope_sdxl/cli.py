@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 from .parameters import PARAMS
 
 TINY_MODEL = 'tiny'
+# Short flags for the parameters typed most often.
+ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images']}
 
 
 def default_cache_dir() -> str:
@@ -34,9 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     for p in PARAMS:
         if p.name == 'text':
             continue
-        kind = {'integer': int, 'number': float, 'string': str}[p.type]
-        gen.add_argument(_flag(p.name), dest=p.name, type=kind, default=None,
-                         choices=list(p.choices) or None, help=p.description)
+        flags = [_flag(p.name)] + ALIASES.get(p.name, [])
+        if p.type == 'boolean':
+            gen.add_argument(*flags, dest=p.name, action='store_true', default=None, help=p.description)
+        elif p.type == 'size':
+            gen.add_argument(*flags, dest=p.name, type=int, nargs=2, metavar=('A', 'B'), default=None,
+                             help=p.description)
+        else:
+            kind = {'integer': int, 'number': float, 'string': str}[p.type]
+            gen.add_argument(*flags, dest=p.name, type=kind, default=None, choices=list(p.choices) or None,
+                             help=p.description)
     gen.add_argument('--model', default=TINY_MODEL,
                      help="hub id or local folder of the base model; 'tiny' (default) is the offline tiny model")
     gen.add_argument('--revision', default=None, help='revision of a hub model')
@@ -46,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument('--device', default='cpu', help="'cpu', 'gpu' or 'cuda:N' (default: cpu)")
     gen.add_argument('--out', default='result.png',
                      help='output PNG; with several images, -1, -2, ... are added before .png')
+    schema = sub.add_parser('schema', help='print the JSON Schema of every generation parameter')
+    schema.add_argument('--markdown', action='store_true', help='print docs/parameters.md instead')
     return parser
 
 
@@ -91,6 +102,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == 'schema':
+        import json
+
+        from .parameters import json_schema, parameters_markdown
+        print(parameters_markdown() if args.markdown else json.dumps(json_schema(), indent=2))
+        return 0
     try:
         return _generate(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:

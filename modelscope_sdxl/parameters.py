@@ -9,6 +9,7 @@ JSON Schema (:func:`json_schema`), the command-line flags and docs/parameters.md
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import random
@@ -354,3 +355,26 @@ def json_schema() -> Dict[str, Any]:
 
 def known_parameters() -> List[str]:
     return [p.name for p in PARAMS] + list(CALL_ONLY)
+
+
+def parameters_markdown() -> str:
+    """docs/parameters.md, generated from the table (a test keeps the file equal to this)."""
+    lines = ['# Parameters', '',
+             'Generated from `modelscope_sdxl/parameters.py` by `modelscope-sdxl schema --markdown`; '
+             'the JSON Schema is `modelscope-sdxl schema`.', '',
+             'Each parameter can be a key of the input dict or a keyword argument of the call '
+             '(in `modelscope server`, a key of "parameters"). Unknown names are rejected.', '',
+             '| name | type | default | allowed | stage | description |', '|---|---|---|---|---|---|']
+    for p in PARAMS:
+        default = 'required' if p.name == 'text' else (
+            'derived' if p.default is None else f'`{json.dumps(p.default)}`')
+        allowed = _allowed(p)
+        if p.nullable:
+            allowed += ', or null'
+        if p.refiner_modes != REFINER_MODES:
+            allowed += '; only with refiner_mode ' + ' or '.join(f"'{m}'" for m in p.refiner_modes)
+        lines.append(f'| `{p.name}` | {p.type} | {default} | {allowed} | {p.stage} | {p.description} |')
+    lines += ['', 'Python callers may also pass `callback=fn`: `fn(stage, step, total_steps)` is called after every '
+              "denoising step of each stage ('base', 'refiner'); returning `False` stops the run, which raises "
+              '`GenerationCancelled`.', '']
+    return '\n'.join(lines)
