@@ -52,7 +52,16 @@ def resolve_folder(ref: str, revision: Optional[str], files: List[str],
     kwargs: Dict[str, Any] = {'allow_patterns': files}
     if revision is not None:
         kwargs['revision'] = revision
-    return snapshot_download(ref, **kwargs)
+    try:
+        return snapshot_download(ref, **kwargs)
+    except ConnectionError as error:
+        # The hub cannot be reached: use the snapshot an earlier download of this revision cached.
+        try:
+            return snapshot_download(ref, local_files_only=True, **kwargs)
+        except Exception as cache_error:
+            raise ConnectionError(
+                f'cannot reach the ModelScope hub to download {ref!r} at revision {revision or "master"!r}, '
+                f'and no earlier download of it is cached: {cache_error}') from error
 
 
 @dataclass

@@ -29,6 +29,8 @@ class SDXLPipeline(Pipeline):
         refiner: overrides configuration.json's ``model.refiner``: a hub id, a local folder,
             or None for the base alone.
         refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
+        revision: revision of the base when `model` is a hub id and the pipeline is chosen with
+            ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
         lora: LoRA weights fused at load: a .safetensors file, folder or hub id, a (path, scale) pair,
             a dict {'path', 'scale', 'target': 'base'|'refiner'|'both', 'revision', 'weight_name'},
             or a list of these.
@@ -39,13 +41,13 @@ class SDXLPipeline(Pipeline):
     """
 
     def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
-                 lora: Any = None,
+                 lora: Any = None, revision: Optional[str] = None,
                  device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
                  **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, lora, device, max_images_per_call, progress_bar')
+                            'refiner_revision, lora, revision, device, max_images_per_call, progress_bar')
         check_device(device)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
@@ -61,8 +63,12 @@ class SDXLPipeline(Pipeline):
             raise ValueError('refiner, refiner_revision and lora cannot be changed on an SDXLModel that is '
                              'already loaded; pass them to SDXLModel instead')
         if isinstance(model, str) and not is_local_reference(model):
-            # Reached with pipeline_name=, where ModelScope's builder does not download.
-            model = resolve_folder(model, None, BASE_FILES)
+            # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
+            # model_revision on: the base's revision comes as `revision`.
+            model = resolve_folder(model, revision, BASE_FILES)
+        elif revision is not None:
+            raise ValueError(f'revision={revision!r} is the revision of a hub id given with pipeline_name=; '
+                             'otherwise pass model_revision= to pipeline()')
         super().__init__(model=model, device=device, auto_collate=False, **model_kwargs)
         if isinstance(self.model, str):
             # A plain diffusers-format repo whose configuration.json has no `model` section.
