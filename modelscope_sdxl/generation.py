@@ -7,6 +7,7 @@ diffusers, which then does exactly what it does for a plain ``prompt=``.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Optional
 
 import torch
@@ -55,12 +56,8 @@ def _check_finite(tensor: torch.Tensor, what: str) -> None:
             'half-precision overflow: try device="cpu" or another seed.')
 
 
-@torch.no_grad()
-def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1] (N, 3, H, W), float32, decoded in the VAE's (fp32) precision as SDXL needs."""
-    _check_finite(latents, 'latents')
-    vae_dtype = next(vae.post_quant_conv.parameters()).dtype
-    latents = latents.to(vae_dtype)
+def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    latents = latents.to(next(vae.post_quant_conv.parameters()).dtype)
     config = vae.config
     if getattr(config, 'latents_mean', None) is not None and getattr(config, 'latents_std', None) is not None:
         mean = torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
@@ -68,7 +65,21 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
         latents = latents * std / config.scaling_factor + mean
     else:
         latents = latents / config.scaling_factor
-    image = vae.decode(latents, return_dict=False)[0].float()
+    return vae.decode(latents, return_dict=False)[0].float()
+
+
+@torch.no_grad()
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1] (N, 3, H, W), float32, as diffusers' SDXL decodes them.
+
+    A VAE held in half precision that overflows is retried once in fp32 (on a copy, so
+    concurrent calls never see the shared VAE change); NaN or inf that remains raises
+    NonFiniteOutputError instead of returning a black image.
+    """
+    _check_finite(latents, 'latents')
+    image = _decode(vae, latents)
+    if not torch.isfinite(image).all() and next(vae.parameters()).dtype != torch.float32:
+        image = _decode(copy.deepcopy(vae).float(), latents.float())
     _check_finite(image, 'decoded pixels')
     return (image / 2 + 0.5).clamp(0, 1)
 
@@ -76,7 +87,12 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
 def _run_stage(pipe: Any, stage: str, request: GenerationRequest, args: Dict[str, Any],
                device: torch.device) -> torch.Tensor:
     callback = _step_callback(request, stage)
-    latents = pipe(**encode(pipe, request, device), **args, callback_on_step_end=callback).images
+    try:
+        latents = pipe(**encode(pipe, request, device), **args, callback_on_step_end=callback).images
+    except torch.OutOfMemoryError as exc:
+        exc.add_note(f'during the {stage} stage of a {request.num_images_per_prompt} x {request.height}x'
+                     f'{request.width} request: ask for fewer images or a smaller size')
+        raise
     if pipe.interrupt:
         raise GenerationCancelled(f'cancelled by the callback during the {stage} stage')
     return latents

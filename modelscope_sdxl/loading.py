@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .model_folders import ModelFolderError, check_folder, check_pair
+
 # What the pipeline reads from each repo: configs, tokenizers and the
 # .safetensors weights of the components it uses. Single-file checkpoints at the
 # repo root, pickle weights and fp16/onnx/flax variants are never fetched.
@@ -23,6 +25,8 @@ BASE_FILES = [
     'unet/config.json', 'unet/diffusion_pytorch_model.safetensors',
     'vae/config.json', 'vae/diffusion_pytorch_model.safetensors',
 ]
+PICKLE_FILES = ['unet/diffusion_pytorch_model.bin', 'vae/diffusion_pytorch_model.bin',
+                'text_encoder/pytorch_model.bin', 'text_encoder_2/pytorch_model.bin']
 # The refiner shares the base's text_encoder_2 and VAE, so only its UNet
 # weights and configs are fetched.
 REFINER_FILES = [
@@ -30,6 +34,14 @@ REFINER_FILES = [
     'text_encoder_2/config.json', 'vae/config.json',
     'unet/config.json', 'unet/diffusion_pytorch_model.safetensors',
 ]
+
+
+def files_to_fetch(files: List[str], allow_pickle: bool) -> List[str]:
+    """Download patterns: the .safetensors layout, plus pickle weights only when the caller opted in."""
+    if not allow_pickle:
+        return files
+    prefixes = {f.split('/')[0] for f in files if f.endswith('.safetensors')}
+    return files + [f for f in PICKLE_FILES if f.split('/')[0] in prefixes]
 
 
 def is_local_reference(ref: str) -> bool:
@@ -88,28 +100,38 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == 'cuda' else torch.float32
 
 
+def _load(cls: Any, folder: str, role: str, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except Exception as exc:  # diffusers/transformers errors do not say which model folder failed
+        raise ModelFolderError(f'loading the SDXL {role} from {folder} failed: {type(exc).__name__}: {exc}') from exc
+
+
 def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device,
-                    lora: Optional[list] = None) -> SDXLComponents:
-    """Load base (and refiner) from local diffusers-layout folders onto `device`.
+                    lora: Optional[list] = None, allow_pickle: bool = False) -> SDXLComponents:
+    """Check, then load base (and refiner) from local diffusers-layout folders onto `device`.
 
     On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
     decoding cannot overflow into NaN (black) images.
     """
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
+    base_configs = check_folder(base_dir, 'base', allow_pickle)
+    refiner_configs = check_folder(refiner_dir, 'refiner', allow_pickle) if refiner_dir is not None else None
+    check_pair(base_configs, refiner_configs)
+
     dtype = compute_dtype(device)
-    base = StableDiffusionXLPipeline.from_pretrained(
-        base_dir, dtype=dtype, use_safetensors=True, add_watermarker=False)
+    common = dict(dtype=dtype, use_safetensors=None if allow_pickle else True, add_watermarker=False)
+    base = _load(StableDiffusionXLPipeline, base_dir, 'base', **common)
     if dtype != torch.float32:
         base.vae.to(torch.float32)
     refiner = None
     if refiner_dir is not None:
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-            refiner_dir, text_encoder_2=base.text_encoder_2, vae=base.vae, tokenizer_2=base.tokenizer_2,
-            dtype=dtype, use_safetensors=True, add_watermarker=False)
+        refiner = _load(StableDiffusionXLImg2ImgPipeline, refiner_dir, 'refiner', text_encoder_2=base.text_encoder_2,
+                        vae=base.vae, tokenizer_2=base.tokenizer_2, **common)
     if lora:
         from .lora import apply_lora
-        apply_lora(base, refiner, lora)
+        apply_lora(base, refiner, lora, allow_pickle=allow_pickle)
     for pipe in (base, refiner):
         if pipe is not None:
             pipe.to(device)

@@ -10,7 +10,7 @@ from modelscope.utils.device import create_device
 
 from .generation import generate
 from .lora import parse_lora
-from .loading import REFINER_FILES, check_device, load_components, resolve_folder
+from .loading import REFINER_FILES, check_device, files_to_fetch, load_components, resolve_folder
 from .names import MODEL_TYPE, TASK
 from .parameters import GenerationRequest, ModelLimits
 
@@ -47,19 +47,23 @@ class SDXLModel(TorchModel):
     base's text_encoder_2 and VAE."""
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
-                 device: str = 'gpu', lora: Any = None, **kwargs: Any):
+                 device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; '
-                            'known: refiner, refiner_revision, device, lora')
+                            'known: refiner, refiner_revision, device, lora, allow_pickle')
         super().__init__(model_dir, device=check_device(device))
+        if not isinstance(allow_pickle, bool):
+            raise TypeError(f'allow_pickle must be True or False, got {allow_pickle!r}')
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
         self.refiner_id, self.refiner_revision = ref, revision
-        refiner_dir = resolve_folder(ref, revision, REFINER_FILES, relative_to=model_dir) if ref else None
+        refiner_files = files_to_fetch(REFINER_FILES, allow_pickle)
+        refiner_dir = resolve_folder(ref, revision, refiner_files, relative_to=model_dir) if ref else None
         self.refiner_dir = refiner_dir
         self.lora = lora_specs
-        self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs)
+        self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
+                                          allow_pickle=allow_pickle)
         base = self.components.base
         encoder_layers = min(e.config.num_hidden_layers for e in (base.text_encoder, base.text_encoder_2))
         self.limits = ModelLimits(

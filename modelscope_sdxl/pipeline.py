@@ -9,7 +9,7 @@ from modelscope.outputs import OutputKeys
 from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
-from .loading import BASE_FILES, check_device, is_local_reference, resolve_folder
+from .loading import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
 from .model import RefinerSpec, SDXLModel
 from .names import PIPELINE_TYPE, TASK
 from .output import to_bgr_arrays
@@ -31,6 +31,7 @@ class SDXLPipeline(Pipeline):
         refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
         revision: revision of the base when `model` is a hub id and the pipeline is chosen with
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
+        allow_pickle: also load pickle weights (``.bin``), which can run code when loaded; off by default.
         lora: LoRA weights fused at load: a .safetensors file, folder or hub id, a (path, scale) pair,
             a dict {'path', 'scale', 'target': 'base'|'refiner'|'both', 'revision', 'weight_name'},
             or a list of these.
@@ -41,13 +42,13 @@ class SDXLPipeline(Pipeline):
     """
 
     def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
-                 lora: Any = None, revision: Optional[str] = None,
+                 lora: Any = None, revision: Optional[str] = None, allow_pickle: bool = False,
                  device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
                  **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, lora, revision, device, max_images_per_call, progress_bar')
+                            'refiner_revision, lora, revision, allow_pickle, device, max_images_per_call, progress_bar')
         check_device(device)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
@@ -59,13 +60,15 @@ class SDXLPipeline(Pipeline):
             model_kwargs['refiner_revision'] = refiner_revision
         if lora is not None:
             model_kwargs['lora'] = lora
+        if allow_pickle:
+            model_kwargs['allow_pickle'] = allow_pickle
         if isinstance(model, SDXLModel) and model_kwargs:
-            raise ValueError('refiner, refiner_revision and lora cannot be changed on an SDXLModel that is '
+            raise ValueError('refiner, refiner_revision, lora and allow_pickle cannot be changed on an SDXLModel that is '
                              'already loaded; pass them to SDXLModel instead')
         if isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
             # model_revision on: the base's revision comes as `revision`.
-            model = resolve_folder(model, revision, BASE_FILES)
+            model = resolve_folder(model, revision, files_to_fetch(BASE_FILES, allow_pickle is True))
         elif revision is not None:
             raise ValueError(f'revision={revision!r} is the revision of a hub id given with pipeline_name=; '
                              'otherwise pass model_revision= to pipeline()')
