@@ -14,7 +14,7 @@ import torch
 
 from .loading import SDXLComponents
 from .parameters import GenerationRequest
-from .prompts import encode
+from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
 
 
@@ -84,11 +84,11 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return (image / 2 + 0.5).clamp(0, 1)
 
 
-def _run_stage(pipe: Any, stage: str, request: GenerationRequest, args: Dict[str, Any],
-               device: torch.device) -> torch.Tensor:
+def _run_stage(pipe: Any, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
+               args: Dict[str, Any]) -> torch.Tensor:
     callback = _step_callback(request, stage)
     try:
-        latents = pipe(**encode(pipe, request, device), **args, callback_on_step_end=callback).images
+        latents = pipe(**embeds, **args, callback_on_step_end=callback).images
     except torch.OutOfMemoryError as exc:
         exc.add_note(f'during the {stage} stage of a {request.num_images_per_prompt} x {request.height}x'
                      f'{request.width} request: ask for fewer images or a smaller size')
@@ -100,8 +100,15 @@ def _run_stage(pipe: Any, stage: str, request: GenerationRequest, args: Dict[str
 
 @torch.no_grad()
 def generate(components: SDXLComponents, request: GenerationRequest, progress_bar: bool = False) -> torch.Tensor:
-    """Run base (and refiner) for one request; return images in [0, 1], (N, 3, H, W) on the CPU."""
+    """Run base (and refiner) for one request; return images in [0, 1], (N, 3, H, W) on the CPU.
+
+    Prompts are encoded first for both stages, then each stage runs with only its own
+    networks needed, which lets a lean or offload residency keep one stage in place at a time.
+    """
     device = components.device
+    residency = components.residency
+    use_refiner = request.refiner_mode != 'none'
+    guidance = uses_guidance(request.guidance_scale, components.configs['unet'].get('time_cond_proj_dim'))
     generator = torch.Generator('cpu').manual_seed(request.seed)
     common: Dict[str, Any] = dict(
         num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
@@ -112,20 +119,28 @@ def generate(components: SDXLComponents, request: GenerationRequest, progress_ba
         negative_crops_coords_top_left=request.negative_crops_coords_top_left,
         negative_target_size=request.negative_target_size)
 
-    base = _for_this_call(components.base, request.scheduler, 'base', progress_bar)
-    base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
-    if request.refiner_mode == 'ensemble':
-        base_args['denoising_end'] = request.high_noise_frac
-    latents = _run_stage(base, 'base', request, base_args, device)
+    with residency.lock():
+        with residency.encoders() as (base_encoder, refiner_encoder):
+            base_embeds = encode(base_encoder, request, device, guidance)
+            refiner_embeds = encode_for_refiner(refiner_encoder, request, device, guidance, base_embeds,
+                                                components.cache) if use_refiner else None
 
-    if request.refiner_mode != 'none':
-        refiner = _for_this_call(components.refiner, request.scheduler, 'refiner', progress_bar)
-        refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
-                                            negative_aesthetic_score=request.negative_aesthetic_score)
-        if request.refiner_mode == 'ensemble':
-            refiner_args['denoising_start'] = request.high_noise_frac
-        else:
-            refiner_args['strength'] = request.strength
-        latents = _run_stage(refiner, 'refiner', request, refiner_args, device)
+        with residency.stage('base') as base_pipe:
+            base = _for_this_call(base_pipe, request.scheduler, 'base', progress_bar)
+            base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
+            if request.refiner_mode == 'ensemble':
+                base_args['denoising_end'] = request.high_noise_frac
+            latents = _run_stage(base, 'base', request, base_embeds, base_args)
+
+        if use_refiner:
+            with residency.stage('refiner') as refiner_pipe:
+                refiner = _for_this_call(refiner_pipe, request.scheduler, 'refiner', progress_bar)
+                refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
+                                                    negative_aesthetic_score=request.negative_aesthetic_score)
+                if request.refiner_mode == 'ensemble':
+                    refiner_args['denoising_start'] = request.high_noise_frac
+                else:
+                    refiner_args['strength'] = request.strength
+                latents = _run_stage(refiner, 'refiner', request, refiner_embeds, refiner_args)
 
     return decode_latents(components.base.vae, latents).cpu()

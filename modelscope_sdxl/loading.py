@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -78,11 +78,22 @@ def resolve_folder(ref: str, revision: Optional[str], files: List[str],
 
 @dataclass
 class SDXLComponents:
-    """Every network of base + refiner, each loaded once; the refiner's text encoder and VAE are the base's."""
+    """Every network of base + refiner, each loaded once; the refiner's text encoder and VAE are the base's.
+
+    With memory_mode 'lean', `base` and `refiner` hold no UNet or text encoder between calls:
+    `residency` puts them in place for their stage.
+    """
     base: Any  # diffusers StableDiffusionXLPipeline
     refiner: Optional[Any]  # diffusers StableDiffusionXLImg2ImgPipeline sharing text_encoder_2 and vae
     device: torch.device
     dtype: torch.dtype
+    base_dir: str = ''
+    refiner_dir: Optional[str] = None
+    memory_mode: str = 'resident'
+    residency: Any = None
+    configs: Dict[str, Any] = field(default_factory=dict)  # the base's component configs, by component
+    # Per-model constants computed once: the refiner's encoding of the empty negative prompt.
+    cache: Dict[Any, Any] = field(default_factory=dict)
 
 
 _DEVICE_RE = re.compile(r'^(cpu|gpu|cuda)(:\d+)?$')
@@ -108,32 +119,49 @@ def _load(cls: Any, folder: str, role: str, **kwargs: Any) -> Any:
 
 
 def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device,
-                    lora: Optional[list] = None, allow_pickle: bool = False) -> SDXLComponents:
-    """Check, then load base (and refiner) from local diffusers-layout folders onto `device`.
+                    lora: Optional[list] = None, allow_pickle: bool = False,
+                    memory_mode: str = 'auto') -> SDXLComponents:
+    """Check, then load base (and refiner) from local diffusers-layout folders for `device`.
 
     On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
-    decoding cannot overflow into NaN (black) images.
+    decoding cannot overflow into NaN (black) images. `memory_mode` decides which
+    networks stay resident (see residency.py).
     """
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    from .residency import RESIDENCIES, choose_memory_mode
 
     base_configs = check_folder(base_dir, 'base', allow_pickle)
     refiner_configs = check_folder(refiner_dir, 'refiner', allow_pickle) if refiner_dir is not None else None
     check_pair(base_configs, refiner_configs)
+    mode = choose_memory_mode(memory_mode, device, base_dir, refiner_dir)
+    if mode == 'lean' and (lora or allow_pickle):
+        raise ValueError("memory_mode='lean' reads .safetensors UNets and text encoders per stage, so it cannot "
+                         'fuse lora or read pickle weights; use memory_mode=\'resident\'')
 
     dtype = compute_dtype(device)
     common = dict(dtype=dtype, use_safetensors=None if allow_pickle else True, add_watermarker=False)
-    base = _load(StableDiffusionXLPipeline, base_dir, 'base', **common)
+    per_stage = dict(unet=None, text_encoder=None, text_encoder_2=None) if mode == 'lean' else {}
+    base = _load(StableDiffusionXLPipeline, base_dir, 'base', **per_stage, **common)
     if dtype != torch.float32:
         base.vae.to(torch.float32)
     refiner = None
     if refiner_dir is not None:
-        refiner = _load(StableDiffusionXLImg2ImgPipeline, refiner_dir, 'refiner', text_encoder_2=base.text_encoder_2,
-                        vae=base.vae, tokenizer_2=base.tokenizer_2, **common)
+        shared = dict(text_encoder_2=base.text_encoder_2, vae=base.vae, tokenizer_2=base.tokenizer_2)
+        if mode == 'lean':
+            shared['unet'] = None
+        refiner = _load(StableDiffusionXLImg2ImgPipeline, refiner_dir, 'refiner', **shared, **common)
     if lora:
         from .lora import apply_lora
         apply_lora(base, refiner, lora, allow_pickle=allow_pickle)
     for pipe in (base, refiner):
         if pipe is not None:
-            pipe.to(device)
+            if mode == 'offload':
+                pipe.vae.to(device)  # small; every other network moves to the GPU for its stage only
+            else:
+                pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
-    return SDXLComponents(base=base, refiner=refiner, device=device, dtype=dtype)
+    components = SDXLComponents(base=base, refiner=refiner, device=device, dtype=dtype, base_dir=base_dir,
+                                refiner_dir=refiner_dir, memory_mode=mode, configs=base_configs)
+    components.residency = RESIDENCIES[mode](components)
+    return components

@@ -47,11 +47,12 @@ class SDXLModel(TorchModel):
     base's text_encoder_2 and VAE."""
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
-                 device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, **kwargs: Any):
+                 device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, memory_mode: str = 'auto',
+                 **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; '
-                            'known: refiner, refiner_revision, device, lora, allow_pickle')
+                            'known: refiner, refiner_revision, device, lora, allow_pickle, memory_mode')
         super().__init__(model_dir, device=check_device(device))
         if not isinstance(allow_pickle, bool):
             raise TypeError(f'allow_pickle must be True or False, got {allow_pickle!r}')
@@ -63,12 +64,13 @@ class SDXLModel(TorchModel):
         self.refiner_dir = refiner_dir
         self.lora = lora_specs
         self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
-                                          allow_pickle=allow_pickle)
-        base = self.components.base
-        encoder_layers = min(e.config.num_hidden_layers for e in (base.text_encoder, base.text_encoder_2))
+                                          allow_pickle=allow_pickle, memory_mode=memory_mode)
+        configs = self.components.configs
+        vae_scale_factor = 2 ** (len(configs['vae']['block_out_channels']) - 1)
+        encoder_layers = min(configs[e]['num_hidden_layers'] for e in ('text_encoder', 'text_encoder_2'))
         self.limits = ModelLimits(
-            default_size=base.unet.config.sample_size * base.vae_scale_factor,
-            size_multiple=base.vae_scale_factor, has_refiner=self.components.refiner is not None,
+            default_size=configs['unet']['sample_size'] * vae_scale_factor,
+            size_multiple=vae_scale_factor, has_refiner=self.components.refiner is not None,
             max_clip_skip=encoder_layers - 1)
 
     def forward(self, request: GenerationRequest, progress_bar: bool = False) -> torch.Tensor:  # type: ignore[override]

@@ -32,6 +32,9 @@ class SDXLPipeline(Pipeline):
         revision: revision of the base when `model` is a hub id and the pipeline is chosen with
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
         allow_pickle: also load pickle weights (``.bin``), which can run code when loaded; off by default.
+        memory_mode: 'resident', 'lean' (CPU: text encoders and UNets read per stage), 'offload' (CUDA:
+            networks moved to the GPU per stage) or 'auto' (default: lean on a CPU whose RAM cannot hold
+            every network comfortably, else resident). See residency.py.
         lora: LoRA weights fused at load: a .safetensors file, folder or hub id, a (path, scale) pair,
             a dict {'path', 'scale', 'target': 'base'|'refiner'|'both', 'revision', 'weight_name'},
             or a list of these.
@@ -43,12 +46,14 @@ class SDXLPipeline(Pipeline):
 
     def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
                  lora: Any = None, revision: Optional[str] = None, allow_pickle: bool = False,
+                 memory_mode: Optional[str] = None,
                  device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
                  **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, lora, revision, allow_pickle, device, max_images_per_call, progress_bar')
+                            'refiner_revision, lora, revision, allow_pickle, memory_mode, device, max_images_per_call, '
+                            'progress_bar')
         check_device(device)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
@@ -62,9 +67,11 @@ class SDXLPipeline(Pipeline):
             model_kwargs['lora'] = lora
         if allow_pickle:
             model_kwargs['allow_pickle'] = allow_pickle
+        if memory_mode is not None:
+            model_kwargs['memory_mode'] = memory_mode
         if isinstance(model, SDXLModel) and model_kwargs:
-            raise ValueError('refiner, refiner_revision, lora and allow_pickle cannot be changed on an SDXLModel that is '
-                             'already loaded; pass them to SDXLModel instead')
+            raise ValueError('refiner, refiner_revision, lora, allow_pickle and memory_mode cannot be changed on '
+                             'an SDXLModel that is already loaded; pass them to SDXLModel instead')
         if isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
             # model_revision on: the base's revision comes as `revision`.

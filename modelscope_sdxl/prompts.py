@@ -22,9 +22,9 @@ _ENCODE_LOCK = threading.Lock()
 _EMBED_NAMES = ('prompt_embeds', 'negative_prompt_embeds', 'pooled_prompt_embeds', 'negative_pooled_prompt_embeds')
 
 
-def uses_guidance(pipe: Any, guidance_scale: float) -> bool:
+def uses_guidance(guidance_scale: float, time_cond_proj_dim: Optional[int]) -> bool:
     # The same test diffusers' SDXL pipelines use for `do_classifier_free_guidance`.
-    return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+    return guidance_scale > 1 and time_cond_proj_dim is None
 
 
 _ATTENTION_RE = re.compile(r'\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:')
@@ -140,15 +140,54 @@ def _compel_embeds(pipe: Any, request: GenerationRequest, device: torch.device, 
     return result
 
 
-def encode(pipe: Any, request: GenerationRequest, device: torch.device) -> Dict[str, torch.Tensor]:
-    """Embeddings for `pipe` (base or refiner), passed to its __call__ in place of the prompt strings."""
-    guidance = uses_guidance(pipe, request.guidance_scale)
+def _uses_compel(pipe: Any, request: GenerationRequest) -> bool:
     texts = [request.prompt, request.prompt_2, request.negative_prompt, request.negative_prompt_2]
+    return request.prompt_weighting or _too_long(pipe, texts)
+
+
+def encode(pipe: Any, request: GenerationRequest, device: torch.device, guidance: bool) -> Dict[str, torch.Tensor]:
+    """Embeddings for `pipe` (base or refiner), passed to its __call__ in place of the prompt strings."""
     with _ENCODE_LOCK, torch.no_grad():
-        if request.prompt_weighting or _too_long(pipe, texts):
+        if _uses_compel(pipe, request):
             return _compel_embeds(pipe, request, device, guidance)
         embeds = pipe.encode_prompt(
             prompt=request.prompt, prompt_2=request.prompt_2, device=device, num_images_per_prompt=1,
             do_classifier_free_guidance=guidance, negative_prompt=request.negative_prompt,
             negative_prompt_2=request.negative_prompt_2, clip_skip=request.clip_skip)
     return {k: v for k, v in zip(_EMBED_NAMES, embeds) if v is not None}
+
+
+def encode_for_refiner(refiner: Any, request: GenerationRequest, device: torch.device, guidance: bool,
+                       base_embeds: Dict[str, torch.Tensor], cache: Dict[Any, Any]) -> Dict[str, torch.Tensor]:
+    """The refiner's embeddings, taken from the base's where they are the same tensors.
+
+    The refiner encodes with text_encoder_2 only, which is the base's: for an ordinary
+    prompt without prompt_2, its prompt embeddings are the last `width` channels of the
+    base's and its pooled embeddings the base's. Its negative embeddings for "no negative
+    prompt" are the encoding of "" (the refiner does not zero them), computed once per model.
+    Anything else is encoded as diffusers would.
+    """
+    width = refiner.text_encoder_2.config.hidden_size
+    if request.prompt_2 is not None or request.negative_prompt_2 is not None or _uses_compel(refiner, request):
+        return encode(refiner, request, device, guidance)
+    embeds = {'prompt_embeds': base_embeds['prompt_embeds'][..., -width:],
+              'pooled_prompt_embeds': base_embeds['pooled_prompt_embeds']}
+    if not guidance:
+        return embeds
+    if request.negative_prompt is not None:
+        embeds['negative_prompt_embeds'] = base_embeds['negative_prompt_embeds'][..., -width:]
+        embeds['negative_pooled_prompt_embeds'] = base_embeds['negative_pooled_prompt_embeds']
+        return embeds
+    if refiner.config.force_zeros_for_empty_prompt:
+        embeds['negative_prompt_embeds'] = torch.zeros_like(embeds['prompt_embeds'])
+        embeds['negative_pooled_prompt_embeds'] = torch.zeros_like(embeds['pooled_prompt_embeds'])
+        return embeds
+    # diffusers encodes negative prompts from the penultimate layer whatever clip_skip is.
+    key = ('empty negative', str(device), refiner.text_encoder_2.dtype)
+    if key not in cache:
+        with _ENCODE_LOCK, torch.no_grad():
+            empty = refiner.encode_prompt(prompt='', device=device, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=False)
+        cache[key] = (empty[0], empty[2])
+    embeds['negative_prompt_embeds'], embeds['negative_pooled_prompt_embeds'] = cache[key]
+    return embeds

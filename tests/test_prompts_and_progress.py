@@ -18,7 +18,7 @@ def embeds(pipe, stage='base', **params):
     """What each stage's UNet receives for these parameters."""
     request = validate({'seed': 1, 'num_inference_steps': 6, **params}, pipe.limits)
     stage_pipe = getattr(pipe.model.components, stage)
-    return encode(stage_pipe, request, pipe.model.components.device)
+    return encode(stage_pipe, request, pipe.model.components.device, guidance=True)
 
 
 @pytest.mark.parametrize('stage', ['base', 'refiner'])

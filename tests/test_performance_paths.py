@@ -1,0 +1,71 @@
+"""The speed and memory measures change no pixel: lean residency and the refiner's reused encodings."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from modelscope.pipelines import pipeline
+from modelscope.utils.constant import Tasks
+from modelscope_sdxl.parameters import validate
+from modelscope_sdxl.prompts import encode, encode_for_refiner
+
+CASES = [
+    {'text': 'a red circle', 'seed': 1},
+    {'text': 'a dog', 'seed': 2, 'negative_prompt': 'blurry', 'refiner_mode': 'sdedit', 'num_images_per_prompt': 2},
+    {'text': 'a cat', 'seed': 3, 'guidance_scale': 1.0, 'scheduler': 'dpmpp_2m'},
+    {'text': ('a yellow star on a dark sky, ' * 10).strip(', '), 'seed': 4, 'refiner_mode': 'none'},
+]
+
+
+@pytest.fixture(scope='module')
+def lean_pipe(tiny_sdxl):
+    return pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', memory_mode='lean')
+
+
+@pytest.mark.parametrize('params', CASES, ids=range(len(CASES)))
+def test_lean_memory_mode_gives_the_resident_images(sdxl_pipe, lean_pipe, params):
+    params = {'num_inference_steps': 8, **params}
+    assert sdxl_pipe.model.components.memory_mode == 'resident'
+    ours = lean_pipe(params)['output_imgs']
+    for lean, resident in zip(ours, sdxl_pipe(params)['output_imgs']):
+        assert np.array_equal(lean, resident)
+
+
+def test_lean_mode_keeps_no_unet_or_text_encoder_between_calls(lean_pipe):
+    components = lean_pipe.model.components
+    lean_pipe({'text': 'a dog', 'seed': 1, 'num_inference_steps': 4})
+    gc.collect()
+    assert components.base.unet is None and components.refiner.unet is None
+    assert components.base.text_encoder is None and components.base.text_encoder_2 is None
+    assert isinstance(components.base.vae, torch.nn.Module)
+
+
+@pytest.mark.parametrize('params', [
+    {'text': 'a red circle'},
+    {'text': 'a red circle', 'negative_prompt': 'blurry'},
+    {'text': 'a red circle', 'guidance_scale': 1.0},
+    {'text': 'a red circle', 'clip_skip': 1},
+    {'text': 'a red circle', 'prompt_2': 'a blue square'},
+])
+def test_refiner_embeddings_reused_from_the_base_equal_its_own_encoding(sdxl_pipe, params):
+    components = sdxl_pipe.model.components
+    request = validate({'seed': 1, **params}, sdxl_pipe.limits)
+    guidance = request.guidance_scale > 1
+    base = encode(components.base, request, components.device, guidance)
+    reused = encode_for_refiner(components.refiner, request, components.device, guidance, base, {})
+    own = encode(components.refiner, request, components.device, guidance)
+    assert set(reused) == set(own)
+    for name in own:
+        assert torch.equal(reused[name], own[name]), name
+
+
+@pytest.mark.parametrize('kwargs,words', [
+    ({'memory_mode': 'tiny'}, ['memory_mode', "'lean'"]),
+    ({'memory_mode': 'offload'}, ['offload', 'GPU']),
+    ({'memory_mode': 'lean', 'lora': 'x.safetensors'}, ['lean', 'lora']),
+])
+def test_bad_memory_modes(tiny_sdxl, kwargs, words):
+    with pytest.raises(ValueError) as caught:
+        pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', **kwargs)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
