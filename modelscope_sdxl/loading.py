@@ -120,12 +120,15 @@ def _load(cls: Any, folder: str, role: str, **kwargs: Any) -> Any:
 
 def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device,
                     lora: Optional[list] = None, allow_pickle: bool = False,
-                    memory_mode: str = 'auto') -> SDXLComponents:
+                    memory_mode: str = 'auto', compile_unet: bool = False,
+                    vae_tiling: bool = False) -> SDXLComponents:
     """Check, then load base (and refiner) from local diffusers-layout folders for `device`.
 
     On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
     decoding cannot overflow into NaN (black) images. `memory_mode` decides which
-    networks stay resident (see residency.py).
+    networks stay resident (see residency.py). `compile_unet` wraps each resident UNet in
+    torch.compile (worth it on GPUs for long runs); `vae_tiling` decodes images larger than the
+    VAE's tile (1024 px for SDXL) tile by tile, to fit small GPUs.
     """
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
@@ -154,6 +157,14 @@ def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.dev
     if lora:
         from .lora import apply_lora
         apply_lora(base, refiner, lora, allow_pickle=allow_pickle)
+    if vae_tiling:
+        base.vae.enable_tiling()
+    if compile_unet:
+        if mode != 'resident':
+            raise ValueError("compile_unet needs the UNets resident: use memory_mode='resident'")
+        for pipe in (base, refiner):
+            if pipe is not None:
+                pipe.unet = torch.compile(pipe.unet)
     for pipe in (base, refiner):
         if pipe is not None:
             if mode == 'offload':

@@ -18,6 +18,9 @@ from .parameters import GenerationRequest, ModelLimits
 _MODELSCOPE_KEYS = frozenset({'device_map', 'trust_remote_code', 'model_prefetched', 'invoked_by'})
 
 RefinerSpec = Union[None, str, Mapping[str, Any]]
+# How the model loads: SDXLModel's arguments, which the pipeline passes through and configuration.json's
+# `model` section may set.
+MODEL_ARGS = ('refiner', 'refiner_revision', 'lora', 'allow_pickle', 'memory_mode', 'compile_unet', 'vae_tiling')
 
 
 def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
@@ -48,14 +51,14 @@ class SDXLModel(TorchModel):
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
                  device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, memory_mode: str = 'auto',
-                 **kwargs: Any):
+                 compile_unet: bool = False, vae_tiling: bool = False, **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
-            raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; '
-                            'known: refiner, refiner_revision, device, lora, allow_pickle, memory_mode')
+            raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; known: device, {", ".join(MODEL_ARGS)}')
+        for name, flag in (('allow_pickle', allow_pickle), ('compile_unet', compile_unet), ('vae_tiling', vae_tiling)):
+            if not isinstance(flag, bool):
+                raise TypeError(f'{name} must be True or False, got {flag!r}')
         super().__init__(model_dir, device=check_device(device))
-        if not isinstance(allow_pickle, bool):
-            raise TypeError(f'allow_pickle must be True or False, got {allow_pickle!r}')
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
         self.refiner_id, self.refiner_revision = ref, revision
@@ -64,7 +67,8 @@ class SDXLModel(TorchModel):
         self.refiner_dir = refiner_dir
         self.lora = lora_specs
         self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
-                                          allow_pickle=allow_pickle, memory_mode=memory_mode)
+                                          allow_pickle=allow_pickle, memory_mode=memory_mode,
+                                          compile_unet=compile_unet, vae_tiling=vae_tiling)
         configs = self.components.configs
         vae_scale_factor = 2 ** (len(configs['vae']['block_out_channels']) - 1)
         encoder_layers = min(configs[e]['num_hidden_layers'] for e in ('text_encoder', 'text_encoder_2'))

@@ -10,12 +10,11 @@ from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
 from .loading import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
-from .model import RefinerSpec, SDXLModel
+from .model import MODEL_ARGS, SDXLModel
 from .names import PIPELINE_TYPE, TASK
 from .output import to_bgr_arrays
 from .parameters import merge_inputs, validate
 
-_UNSET: Any = object()
 # Keys ModelScope's `pipeline()` builder passes to every pipeline.
 _MODELSCOPE_KEYS = frozenset({'trust_remote_code'})
 
@@ -26,56 +25,35 @@ class SDXLPipeline(Pipeline):
 
     Args:
         model: a folder with configuration.json in diffusers layout, a hub id, or an SDXLModel.
-        refiner: overrides configuration.json's ``model.refiner``: a hub id, a local folder,
-            or None for the base alone.
-        refiner_revision: revision of the refiner repo (a hub id's tag, branch or commit).
         revision: revision of the base when `model` is a hub id and the pipeline is chosen with
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
-        allow_pickle: also load pickle weights (``.bin``), which can run code when loaded; off by default.
-        memory_mode: 'resident', 'lean' (CPU: text encoders and UNets read per stage), 'offload' (CUDA:
-            networks moved to the GPU per stage) or 'auto' (default: lean on a CPU whose RAM cannot hold
-            every network comfortably, else resident). See residency.py.
-        lora: LoRA weights fused at load: a .safetensors file, folder or hub id, a (path, scale) pair,
-            a dict {'path', 'scale', 'target': 'base'|'refiner'|'both', 'revision', 'weight_name'},
-            or a list of these.
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
         max_images_per_call: cap on images one call may make, so one request cannot exhaust memory.
         progress_bar: show a progress bar per stage; default: only when stderr is a terminal
             (servers and logs stay clean).
+        **model_args: how the model loads, passed to :class:`SDXLModel` (they override
+            configuration.json's ``model`` section): ``refiner``, ``refiner_revision``, ``lora``,
+            ``allow_pickle``, ``memory_mode``, ``compile_unet``, ``vae_tiling``.
     """
 
-    def __init__(self, model: Any, refiner: RefinerSpec = _UNSET, refiner_revision: Optional[str] = None,
-                 lora: Any = None, revision: Optional[str] = None, allow_pickle: bool = False,
-                 memory_mode: Optional[str] = None,
-                 device: str = 'gpu', max_images_per_call: int = 8, progress_bar: Optional[bool] = None,
-                 **kwargs: Any):
-        unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
+    def __init__(self, model: Any, revision: Optional[str] = None, device: str = 'gpu',
+                 max_images_per_call: int = 8, progress_bar: Optional[bool] = None, **kwargs: Any):
+        model_kwargs = {k: v for k, v in kwargs.items() if k in MODEL_ARGS}
+        unknown = sorted(set(kwargs) - set(MODEL_ARGS) - _MODELSCOPE_KEYS)
         if unknown:
-            raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: refiner, '
-                            'refiner_revision, lora, revision, allow_pickle, memory_mode, device, max_images_per_call, '
-                            'progress_bar')
+            raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: revision, device, '
+                            f'max_images_per_call, progress_bar, {", ".join(MODEL_ARGS)}')
         check_device(device)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
             raise ValueError(f'max_images_per_call must be an integer >= 1, got {max_images_per_call!r}')
-        model_kwargs: Dict[str, Any] = {}
-        if refiner is not _UNSET:
-            model_kwargs['refiner'] = refiner
-        if refiner_revision is not None:
-            model_kwargs['refiner_revision'] = refiner_revision
-        if lora is not None:
-            model_kwargs['lora'] = lora
-        if allow_pickle:
-            model_kwargs['allow_pickle'] = allow_pickle
-        if memory_mode is not None:
-            model_kwargs['memory_mode'] = memory_mode
         if isinstance(model, SDXLModel) and model_kwargs:
-            raise ValueError('refiner, refiner_revision, lora, allow_pickle and memory_mode cannot be changed on '
-                             'an SDXLModel that is already loaded; pass them to SDXLModel instead')
+            raise ValueError(f'{", ".join(sorted(model_kwargs))} cannot be changed on an SDXLModel that is already '
+                             'loaded; pass them to SDXLModel instead')
         if isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
             # model_revision on: the base's revision comes as `revision`.
-            model = resolve_folder(model, revision, files_to_fetch(BASE_FILES, allow_pickle is True))
+            model = resolve_folder(model, revision, files_to_fetch(BASE_FILES, model_kwargs.get('allow_pickle') is True))
         elif revision is not None:
             raise ValueError(f'revision={revision!r} is the revision of a hub id given with pipeline_name=; '
                              'otherwise pass model_revision= to pipeline()')

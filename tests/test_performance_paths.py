@@ -69,3 +69,27 @@ def test_bad_memory_modes(tiny_sdxl, kwargs, words):
     with pytest.raises(ValueError) as caught:
         pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', **kwargs)
     assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+def test_vae_tiling_changes_nothing_below_the_tile_and_decodes_larger_images(tiny_sdxl, sdxl_pipe):
+    tiled = pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', vae_tiling=True)
+    vae = tiled.model.components.base.vae
+    assert vae.use_tiling and vae.tile_sample_min_size == 64
+    params = {'text': 'a dog', 'seed': 5, 'num_inference_steps': 6}
+    assert np.array_equal(tiled(params)['output_imgs'][0], sdxl_pipe(params)['output_imgs'][0])
+    calls = []
+    real = vae.tiled_decode
+    vae.tiled_decode = lambda *a, **k: calls.append(1) or real(*a, **k)
+    big = tiled({**params, 'height': 128, 'width': 128})['output_imgs'][0]
+    assert calls and big.shape == (128, 128, 3)
+
+
+def test_compile_unet_wraps_the_resident_unets(tiny_sdxl):
+    compiled = pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', compile_unet=True)
+    for pipe in (compiled.model.components.base, compiled.model.components.refiner):
+        assert type(pipe.unet).__name__ == 'OptimizedModule'
+    with pytest.raises(ValueError, match="compile_unet needs the UNets resident"):
+        pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', compile_unet=True,
+                 memory_mode='lean')
+    with pytest.raises(TypeError, match='compile_unet must be True or False'):
+        pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', compile_unet='yes')
