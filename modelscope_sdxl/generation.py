@@ -8,7 +8,7 @@ diffusers, which then does exactly what it does for a plain ``prompt=``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -98,6 +98,23 @@ def _run_stage(pipe: Any, stage: str, request: GenerationRequest, embeds: Dict[s
     return latents
 
 
+# The two helpers below hold the stage's networks only in their own frames, so a lean residency
+# really frees them when the stage ends.
+def _encode_both(components: SDXLComponents, request: GenerationRequest, guidance: bool,
+                 use_refiner: bool) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]]]:
+    with components.residency.encoders() as (base_encoder, refiner_encoder):
+        base_embeds = encode(base_encoder, request, components.device, guidance)
+        refiner_embeds = encode_for_refiner(refiner_encoder, request, components.device, guidance, base_embeds,
+                                            components.cache) if use_refiner else None
+        return base_embeds, refiner_embeds
+
+
+def _in_stage(components: SDXLComponents, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
+              args: Dict[str, Any], progress_bar: bool) -> torch.Tensor:
+    with components.residency.stage(stage) as pipe:
+        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar), stage, request, embeds, args)
+
+
 @torch.no_grad()
 def generate(components: SDXLComponents, request: GenerationRequest, progress_bar: bool = False) -> torch.Tensor:
     """Run base (and refiner) for one request; return images in [0, 1], (N, 3, H, W) on the CPU.
@@ -105,7 +122,6 @@ def generate(components: SDXLComponents, request: GenerationRequest, progress_ba
     Prompts are encoded first for both stages, then each stage runs with only its own
     networks needed, which lets a lean or offload residency keep one stage in place at a time.
     """
-    device = components.device
     residency = components.residency
     use_refiner = request.refiner_mode != 'none'
     guidance = uses_guidance(request.guidance_scale, components.configs['unet'].get('time_cond_proj_dim'))
@@ -120,27 +136,18 @@ def generate(components: SDXLComponents, request: GenerationRequest, progress_ba
         negative_target_size=request.negative_target_size)
 
     with residency.lock():
-        with residency.encoders() as (base_encoder, refiner_encoder):
-            base_embeds = encode(base_encoder, request, device, guidance)
-            refiner_embeds = encode_for_refiner(refiner_encoder, request, device, guidance, base_embeds,
-                                                components.cache) if use_refiner else None
-
-        with residency.stage('base') as base_pipe:
-            base = _for_this_call(base_pipe, request.scheduler, 'base', progress_bar)
-            base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
-            if request.refiner_mode == 'ensemble':
-                base_args['denoising_end'] = request.high_noise_frac
-            latents = _run_stage(base, 'base', request, base_embeds, base_args)
-
+        base_embeds, refiner_embeds = _encode_both(components, request, guidance, use_refiner)
+        base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
+        if request.refiner_mode == 'ensemble':
+            base_args['denoising_end'] = request.high_noise_frac
+        latents = _in_stage(components, 'base', request, base_embeds, base_args, progress_bar)
         if use_refiner:
-            with residency.stage('refiner') as refiner_pipe:
-                refiner = _for_this_call(refiner_pipe, request.scheduler, 'refiner', progress_bar)
-                refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
-                                                    negative_aesthetic_score=request.negative_aesthetic_score)
-                if request.refiner_mode == 'ensemble':
-                    refiner_args['denoising_start'] = request.high_noise_frac
-                else:
-                    refiner_args['strength'] = request.strength
-                latents = _run_stage(refiner, 'refiner', request, refiner_embeds, refiner_args)
+            refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
+                                                negative_aesthetic_score=request.negative_aesthetic_score)
+            if request.refiner_mode == 'ensemble':
+                refiner_args['denoising_start'] = request.high_noise_frac
+            else:
+                refiner_args['strength'] = request.strength
+            latents = _in_stage(components, 'refiner', request, refiner_embeds, refiner_args, progress_bar)
 
     return decode_latents(components.base.vae, latents).cpu()

@@ -106,6 +106,7 @@ class Lean(Resident):
         c = self.components
         text_encoder = self._load(CLIPTextModel, c.base_dir, 'text_encoder')
         text_encoder_2 = self._load(CLIPTextModelWithProjection, c.base_dir, 'text_encoder_2')
+        base = refiner = None
         try:
             base = c.base.__class__(**{**c.base.components, 'text_encoder': text_encoder,
                                        'text_encoder_2': text_encoder_2}, add_watermarker=False)
@@ -115,7 +116,12 @@ class Lean(Resident):
                 force_zeros_for_empty_prompt=c.refiner.config.force_zeros_for_empty_prompt, add_watermarker=False)
             yield base, refiner
         finally:
-            del text_encoder, text_encoder_2
+            for pipe in (base, refiner):
+                if pipe is not None:
+                    pipe.text_encoder_2 = None
+            if base is not None:
+                base.text_encoder = None
+            del text_encoder, text_encoder_2, base, refiner
             _release()
 
     @contextlib.contextmanager
@@ -125,12 +131,16 @@ class Lean(Resident):
         c = self.components
         pipe = getattr(c, name)
         unet = self._load(UNet2DConditionModel, c.base_dir if name == 'base' else c.refiner_dir, 'unet')
+        stage_pipe = None
         try:
             options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
                        if k in pipe.config}
-            yield pipe.__class__(**{**pipe.components, 'unet': unet}, **options, add_watermarker=False)
+            stage_pipe = pipe.__class__(**{**pipe.components, 'unet': unet}, **options, add_watermarker=False)
+            yield stage_pipe
         finally:
-            del unet
+            if stage_pipe is not None:
+                stage_pipe.unet = None
+            del unet, stage_pipe
             _release()
 
 

@@ -93,3 +93,29 @@ def test_compile_unet_wraps_the_resident_unets(tiny_sdxl):
                  memory_mode='lean')
     with pytest.raises(TypeError, match='compile_unet must be True or False'):
         pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', compile_unet='yes')
+
+
+def test_lean_mode_releases_each_stage_network_when_its_stage_ends(lean_pipe, monkeypatch):
+    """Peak memory is one stage's networks only if nothing keeps the previous stage's alive."""
+    import weakref
+
+    residency = lean_pipe.model.components.residency
+    loaded = []
+    real_load = type(residency)._load
+
+    def recording_load(self, cls, folder, component):
+        network = real_load(self, cls, folder, component)
+        loaded.append((component, weakref.ref(network)))
+        return network
+
+    def alive():
+        gc.collect()
+        return [name for name, ref in loaded if ref() is not None]
+
+    seen_in_stage = []
+    monkeypatch.setattr(type(residency), '_load', recording_load)
+    lean_pipe({'text': 'a dog', 'seed': 1, 'num_inference_steps': 4},
+              callback=lambda stage, step, total: seen_in_stage.append((stage, alive())))
+    assert [c for c, _ in loaded] == ['text_encoder', 'text_encoder_2', 'unet', 'unet']
+    assert all(names == ['unet'] for _, names in seen_in_stage), seen_in_stage
+    assert alive() == []
