@@ -23,7 +23,16 @@ setup(
     ],
     extras_require={
         'lora': ['peft>=0.10'],
-        'test': ['pytest>=7', 'peft>=0.10'],
+        # `modelscope server`: ModelScope's server needs Starlette < 1 (1.0 removed add_event_handler).
+        'server': ['fastapi>=0.115,<0.120', 'starlette>=0.40,<0.49', 'uvicorn>=0.30'],
+        # `modelscope-sdxl batch --ray`: Ray Data's actor pools (docs/batch.md).
+        'ray': ['ray[data]>=2.51'],
+        'test': ['pytest>=7', 'peft>=0.10', 'fastapi>=0.115,<0.120', 'starlette>=0.40,<0.49', 'uvicorn>=0.30',
+                 'ray[data]>=2.51'],
     },
-    entry_points={'console_scripts': ['modelscope-sdxl=modelscope_sdxl.cli:main']},
+    entry_points={
+        'console_scripts': ['modelscope-sdxl=modelscope_sdxl.cli:main'],
+        # Loaded by the `modelscope` command: `modelscope sdxl ...`, and our pipeline for `modelscope server`.
+        'modelscope_hub.cli_plugins': ['sdxl=modelscope_sdxl.modelscope_plugin:SDXLCommand'],
+    },
 )

@@ -22,7 +22,12 @@ _A1111_LABELS = {
     'refiner_mode': 'Refiner mode', 'high_noise_frac': 'Refiner switch at', 'strength': 'Refiner strength',
     'guidance_rescale': 'Guidance rescale', 'clip_skip': 'Clip skip', 'aesthetic_score': 'Aesthetic score',
     'negative_aesthetic_score': 'Negative aesthetic score', 'model': 'Model', 'model_revision': 'Model revision',
+    'refiner': 'Refiner', 'refiner_revision': 'Refiner revision',
 }
+# AUTOMATIC1111's sampler names -> ours, so files made there can be read back.
+_A1111_SAMPLERS = {'Euler': 'euler', 'Euler a': 'euler_ancestral', 'DPM++ 2M': 'dpmpp_2m',
+                   'DPM++ 2M Karras': 'dpmpp_2m_karras', 'DPM++ 2M SDE Karras': 'dpmpp_2m_sde_karras',
+                   'DDIM': 'ddim', 'UniPC': 'unipc', 'Heun': 'heun'}
 
 
 def a1111_text(parameters: Dict[str, Any]) -> str:
@@ -65,7 +70,8 @@ def parse_a1111_text(text: str) -> Dict[str, Any]:
             params['width'], params['height'] = int(width), int(height)
         elif label in labels:
             params[labels[label]] = _number(value)
-    if params.get('scheduler') == 'euler':
+    params['scheduler'] = _A1111_SAMPLERS.get(params.get('scheduler'), params.get('scheduler'))
+    if params.get('scheduler') in ('euler', None):
         params.pop('scheduler')
     return params
 
@@ -92,9 +98,14 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.png', dir=folder)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; a PNG gets the usual mode
     try:
         with os.fdopen(fd, 'wb') as f:
             Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(f, format='PNG', pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
