@@ -115,7 +115,13 @@ def child_diffusers(base: str, refiner: str, params: Dict[str, Any], part: str, 
         base_pipe = StableDiffusionXLPipeline.from_pretrained(base, use_safetensors=True)
         base_pipe.set_progress_bar_config(disable=True)
     if part in ('both', 'refiner'):
-        shared = {'text_encoder_2': base_pipe.text_encoder_2, 'vae': base_pipe.vae} if part == 'both' else {}
+        if part == 'both':
+            shared = {'text_encoder_2': base_pipe.text_encoder_2, 'vae': base_pipe.vae}
+        else:  # the refiner repo's own copies are the base's: load them from the base folder
+            from diffusers import AutoencoderKL
+            from transformers import CLIPTextModelWithProjection
+            shared = {'text_encoder_2': CLIPTextModelWithProjection.from_pretrained(os.path.join(base, 'text_encoder_2')),
+                      'vae': AutoencoderKL.from_pretrained(os.path.join(base, 'vae'))}
         refiner_pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner, use_safetensors=True, **shared)
         refiner_pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - t0
