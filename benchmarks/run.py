@@ -203,7 +203,7 @@ def max_diff(a: str, b: str) -> Optional[int]:
 
 
 def bench_scale(scale: str, base: str, refiner: str, repeats: int, work: str,
-                variants: List[str]) -> Dict[str, Any]:
+                variants: List[str], threads: int = 0) -> Dict[str, Any]:
     params = SCALES[scale]
     result: Dict[str, Any] = {'scale': scale, 'params': params, 'rows': {}}
     impls = [('diffusers', {})] + [(f'ours:{v}', {'variant': v}) for v in variants]
@@ -216,7 +216,8 @@ def bench_scale(scale: str, base: str, refiner: str, repeats: int, work: str,
             impl = name.split(':')[0]
             images = os.path.join(work, f'{scale}-{name.replace(":", "-")}.npy')
             print(f'[{scale}] run {r + 1}/{repeats}: {name}', file=sys.stderr, flush=True)
-            runs[name].append(run_child(impl, base, refiner, params, images, timed=TIMED[scale], **extra))
+            runs[name].append(run_child(impl, base, refiner, params, images, timed=TIMED[scale], threads=threads,
+                                         **extra))
     for name, rs in runs.items():
         errors = [x['error'] for x in rs if 'error' in x]
         row = {k: median_of(rs, k) for k in ('wall_s', 'load_s', 'base_step_s', 'refiner_step_s', 'peak_rss_gb')}
@@ -288,6 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     child.add_argument('--timed', type=int, default=1)
     parser.add_argument('--scales', nargs='+', default=['tiny', 'mid'], choices=list(SCALES))
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch threads in every child (0: torch default); 1 avoids thread spinning on a busy machine')
     parser.add_argument('--variants', nargs='+', default=['default'],
                         help='ours: default, channels_last, fused_qkv (each measured against the same diffusers runs)')
     parser.add_argument('--cache', default=os.path.join(ROOT, '.cache', 'benchmark-models'))
@@ -309,10 +312,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'[{scale}] building or reusing the model', file=sys.stderr, flush=True)
         base, refiner = build_scale(scale, args.cache, args.full_configs)
         results.append(bench_scale(scale, base, refiner, args.repeats if scale != 'full' else 1, work,
-                                   args.variants))
+                                   args.variants, args.threads))
         with open(args.json, 'w') as f:
             json.dump({'machine': machine(), 'results': results}, f, indent=2)
-    print(markdown(results, f'Machine: {machine()}; {args.repeats} interleaved runs per row (median).'))
+    print(markdown(results, f'Machine: {machine()}; {args.repeats} interleaved runs per row (median); '
+                            f'torch threads per child: {args.threads or "default"}.'))
     return 0
 
 
