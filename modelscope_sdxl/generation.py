@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .loading import SDXLComponents
+from .loading import SDXLComponents, with_modules
 from .parameters import GenerationRequest
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
@@ -28,10 +28,7 @@ class GenerationCancelled(RuntimeError):
 
 def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool) -> Any:
     """A pipeline sharing `pipe`'s networks with a scheduler of its own."""
-    options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
-               if k in pipe.config}
-    fresh = type(pipe)(**{**pipe.components, 'scheduler': make_scheduler(pipe.scheduler, scheduler)},
-                       **options, add_watermarker=False)
+    fresh = with_modules(pipe, scheduler=make_scheduler(pipe.scheduler, scheduler))
     fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 

@@ -111,6 +111,13 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == 'cuda' else torch.float32
 
 
+def with_modules(pipe: Any, **replace: Any) -> Any:
+    """A new pipeline of `pipe`'s class sharing its networks, with `replace` swapped in (cheap: no copies)."""
+    options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
+               if k in pipe.config}
+    return type(pipe)(**{**pipe.components, **replace}, **options, add_watermarker=False)
+
+
 def _load(cls: Any, folder: str, role: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(folder, **kwargs)

@@ -26,6 +26,8 @@ from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
+from .loading import with_modules
+
 MEMORY_MODES = ('auto', 'resident', 'lean', 'offload')
 
 
@@ -85,8 +87,8 @@ class Resident:
         yield getattr(self.components, name)
 
 
-class Lean(Resident):
-    """CPU: text encoders and UNets read from disk for their stage and released after it."""
+class _OneCallAtATime(Resident):
+    """Calls run one at a time, so only one stage's networks are ever in place."""
 
     def __init__(self, components: Any):
         super().__init__(components)
@@ -94,6 +96,10 @@ class Lean(Resident):
 
     def lock(self) -> contextlib.AbstractContextManager:
         return self._lock
+
+
+class Lean(_OneCallAtATime):
+    """CPU: text encoders and UNets read from disk for their stage and released after it."""
 
     def _load(self, cls: Any, folder: str, component: str) -> Any:
         return cls.from_pretrained(os.path.join(folder, component), dtype=self.components.dtype,
@@ -108,12 +114,8 @@ class Lean(Resident):
         text_encoder_2 = self._load(CLIPTextModelWithProjection, c.base_dir, 'text_encoder_2')
         base = refiner = None
         try:
-            base = c.base.__class__(**{**c.base.components, 'text_encoder': text_encoder,
-                                       'text_encoder_2': text_encoder_2}, add_watermarker=False)
-            refiner = None if c.refiner is None else c.refiner.__class__(
-                **{**c.refiner.components, 'text_encoder_2': text_encoder_2},
-                requires_aesthetics_score=c.refiner.config.requires_aesthetics_score,
-                force_zeros_for_empty_prompt=c.refiner.config.force_zeros_for_empty_prompt, add_watermarker=False)
+            base = with_modules(c.base, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+            refiner = None if c.refiner is None else with_modules(c.refiner, text_encoder_2=text_encoder_2)
             yield base, refiner
         finally:
             for pipe in (base, refiner):
@@ -133,9 +135,7 @@ class Lean(Resident):
         unet = self._load(UNet2DConditionModel, c.base_dir if name == 'base' else c.refiner_dir, 'unet')
         stage_pipe = None
         try:
-            options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
-                       if k in pipe.config}
-            stage_pipe = pipe.__class__(**{**pipe.components, 'unet': unet}, **options, add_watermarker=False)
+            stage_pipe = with_modules(pipe, unet=unet)
             yield stage_pipe
         finally:
             if stage_pipe is not None:
@@ -144,15 +144,8 @@ class Lean(Resident):
             _release()
 
 
-class Offload(Resident):
+class Offload(_OneCallAtATime):
     """CUDA: networks wait in RAM and are moved to the GPU for their stage only."""
-
-    def __init__(self, components: Any):
-        super().__init__(components)
-        self._lock = threading.Lock()
-
-    def lock(self) -> contextlib.AbstractContextManager:
-        return self._lock
 
     @contextlib.contextmanager
     def _on_device(self, *modules: Any) -> Iterator[None]:
