@@ -7,6 +7,10 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['modelscope_sdxl', 'modelscope_sdxl.*']),
+    # The mini model's folders (docs/mini-model.md) ship inside the package: the default model.
+    package_data={'modelscope_sdxl.mini_model': [
+        'training_log.json', '*/*.json', '*/*/*.json', '*/*/*.txt', '*/*/*.safetensors']},
+    zip_safe=False,
     python_requires='>=3.9',
     # torch is not pinned to a build: install the one for your machine first (see README).
     install_requires=[

@@ -56,36 +56,64 @@ SDXL_SCHEDULER: Dict[str, Any] = dict(
 )
 
 
-def tiny_configs() -> Dict[str, Dict[str, Any]]:
-    """Component configs of the tiny pair, in the layout of sdxl-full-size-configs.json."""
-    text_width = TINY_TEXT_ENCODER['hidden_size']
-    pooled = TINY_TEXT_ENCODER['projection_dim']
-    time_dim = TINY_UNET_COMMON['addition_time_embed_dim']
+def pair_configs(text_encoder: Dict[str, Any], text_encoder_2: Dict[str, Any], vae: Dict[str, Any],
+                 unet: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Component configs of an SDXL pair, in the layout of sdxl-full-size-configs.json.
+
+    The UNets' input widths follow from the text encoders', as in SDXL: the base reads both
+    encoders' hidden states and 6 time ids, the refiner text_encoder_2's alone and 5 time ids.
+    """
+    pooled = text_encoder_2['projection_dim']
+    time_dim = unet['addition_time_embed_dim']
     return {
-        'text_encoder': dict(TINY_TEXT_ENCODER),
-        'text_encoder_2': dict(TINY_TEXT_ENCODER),
-        'vae': dict(TINY_VAE),
-        'unet_base': dict(TINY_UNET_COMMON, cross_attention_dim=2 * text_width,
+        'text_encoder': dict(text_encoder),
+        'text_encoder_2': dict(text_encoder_2),
+        'vae': dict(vae),
+        'unet_base': dict(unet, cross_attention_dim=text_encoder['hidden_size'] + text_encoder_2['hidden_size'],
                           projection_class_embeddings_input_dim=6 * time_dim + pooled),
-        'unet_refiner': dict(TINY_UNET_COMMON, cross_attention_dim=text_width,
+        'unet_refiner': dict(unet, cross_attention_dim=text_encoder_2['hidden_size'],
                              projection_class_embeddings_input_dim=5 * time_dim + pooled),
     }
 
 
+def tiny_configs() -> Dict[str, Dict[str, Any]]:
+    """Component configs of the tiny pair."""
+    return pair_configs(TINY_TEXT_ENCODER, TINY_TEXT_ENCODER, TINY_VAE, TINY_UNET_COMMON)
+
+
 def _bpe_vocab_and_merges(words: Iterable[str]) -> Tuple[Dict[str, int], list]:
-    """A CLIP-style byte-level BPE vocabulary in which every word in `words` is one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A CLIP-style byte-level BPE vocabulary in which every word in `words` is one token.
+
+    Plain BPE training on the word list (every word counted once): repeatedly merge
+    the most frequent adjacent pair, ties broken alphabetically, until each word is
+    one symbol. Deterministic, so the same words always give the same token ids.
+    """
+    from collections import Counter
+
+    from tokenizers import pre_tokenizers
 
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
     words = sorted(set(words))
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix='</w>', continuing_subword_prefix=''))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=1, show_progress=False, initial_alphabet=byte_alphabet,
-        end_of_word_suffix='</w>', continuing_subword_prefix='')
-    tokenizer.train_from_iterator(words, trainer=trainer)
-    learned = json.loads(tokenizer.to_str())['model']
-    merges = [m if isinstance(m, str) else ' '.join(m) for m in learned['merges']]
+    symbols = [list(w[:-1]) + [w[-1] + '</w>'] for w in words]
+    merges = []
+    while True:
+        counts: Counter = Counter()
+        for seq in symbols:
+            counts.update(zip(seq, seq[1:]))
+        if not counts:
+            break
+        left, right = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(f'{left} {right}')
+        for i, seq in enumerate(symbols):
+            out, j = [], 0
+            while j < len(seq):
+                if j + 1 < len(seq) and seq[j] == left and seq[j + 1] == right:
+                    out.append(left + right)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            symbols[i] = out
 
     # CLIP's order: the 256 byte symbols, the same with '</w>', merge results, specials.
     base = sorted(byte_alphabet)
@@ -124,49 +152,45 @@ def base_configuration(refiner_id: Optional[str], refiner_revision: Optional[str
     return {'framework': 'pytorch', 'task': TASK, 'model': model, 'pipeline': {'type': PIPELINE_TYPE}}
 
 
-def build_sdxl_pair(root: str,
-                    configs: Optional[Dict[str, Dict[str, Any]]] = None,
-                    seed: int = 0,
-                    refiner_ref: str = '../refiner',
-                    refiner_revision: Optional[str] = None,
-                    words: Iterable[str] = PROMPT_WORDS) -> Tuple[str, str]:
-    """Write `root`/base and `root`/refiner in the hub layout; return their paths.
+def clip_tokenizers(folder: str, words: Iterable[str] = PROMPT_WORDS) -> Tuple[Dict[str, int], Any, Any]:
+    """Write SDXL's two CLIP tokenizers for `words` to `folder`/tokenizer and `folder`/tokenizer_2.
 
-    `configs` defaults to the tiny sizes; pass the full-size configs to build a
-    full-size random-weight SDXL. `refiner_ref` is what the base's
-    configuration.json names as its refiner (a path relative to the base folder,
-    an absolute path, or a hub id).
+    Both share one vocabulary; like the real repos, `tokenizer` pads with
+    <|endoftext|> and `tokenizer_2` with "!". Returns (vocab, tokenizer, tokenizer_2).
     """
-    import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
-    configs = configs or tiny_configs()
     vocab, merges = _bpe_vocab_and_merges(words)
+    _save_tokenizer(os.path.join(folder, 'tokenizer'), vocab, merges, '<|endoftext|>')
+    _save_tokenizer(os.path.join(folder, 'tokenizer_2'), vocab, merges, '!')
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, 'tokenizer'))
+    tokenizer_2 = CLIPTokenizer.from_pretrained(os.path.join(folder, 'tokenizer_2'))
+    return vocab, tokenizer, tokenizer_2
+
+
+def text_encoder_config(config: Dict[str, Any], vocab: Dict[str, int]) -> Any:
+    """A CLIPTextConfig from one of the component configs, with the vocabulary's special token ids."""
+    from transformers import CLIPTextConfig
+
+    cfg = {k: v for k, v in config.items() if not k.endswith('_token_id')}
+    cfg.setdefault('vocab_size', len(vocab))
+    return CLIPTextConfig(**cfg, bos_token_id=vocab['<|startoftext|>'], eos_token_id=vocab['<|endoftext|>'],
+                          pad_token_id=1)
+
+
+def save_sdxl_pair(root: str, *, text_encoder: Any, text_encoder_2: Any, tokenizer: Any, tokenizer_2: Any,
+                   vae: Any, unet: Any, refiner_unet: Any, tokenizer_dir: str,
+                   refiner_ref: str = '../refiner', refiner_revision: Optional[str] = None) -> Tuple[str, str]:
+    """Write networks as `root`/base and `root`/refiner in the hub layout; return their paths.
+
+    The refiner shares `text_encoder_2`, `tokenizer_2` and `vae` with the base,
+    as the real repos do. `tokenizer_dir` is the folder `clip_tokenizers` wrote,
+    whose vocab.json and merges.txt are shipped next to each saved tokenizer.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
     base_dir, refiner_dir = os.path.join(root, 'base'), os.path.join(root, 'refiner')
-    token_ids = dict(bos_token_id=vocab['<|startoftext|>'], eos_token_id=vocab['<|endoftext|>'],
-                     pad_token_id=1)
-
-    def text_config(name: str) -> CLIPTextConfig:
-        cfg = {k: v for k, v in configs[name].items() if not k.endswith('_token_id')}
-        cfg.setdefault('vocab_size', len(vocab))
-        return CLIPTextConfig(**cfg, **token_ids)
-
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(text_config('text_encoder')).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(text_config('text_encoder_2')).eval()
-    vae = AutoencoderKL(**configs['vae']).eval()
-    unet = UNet2DConditionModel(**configs['unet_base']).eval()
-    refiner_unet = UNet2DConditionModel(**configs['unet_refiner']).eval()
     scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
-
-    tokenizer_dir = os.path.join(root, '.tokenizers')
-    _save_tokenizer(os.path.join(tokenizer_dir, 'tokenizer'), vocab, merges, '<|endoftext|>')
-    _save_tokenizer(os.path.join(tokenizer_dir, 'tokenizer_2'), vocab, merges, '!')
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(tokenizer_dir, 'tokenizer'))
-    tokenizer_2 = CLIPTokenizer.from_pretrained(os.path.join(tokenizer_dir, 'tokenizer_2'))
-
     base = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
@@ -190,6 +214,39 @@ def build_sdxl_pair(root: str,
     _write_json(os.path.join(refiner_dir, 'configuration.json'),
                 {'framework': 'pytorch', 'task': 'image-to-image'})
     return base_dir, refiner_dir
+
+
+def build_sdxl_pair(root: str,
+                    configs: Optional[Dict[str, Dict[str, Any]]] = None,
+                    seed: int = 0,
+                    refiner_ref: str = '../refiner',
+                    refiner_revision: Optional[str] = None,
+                    words: Iterable[str] = PROMPT_WORDS) -> Tuple[str, str]:
+    """Write `root`/base and `root`/refiner in the hub layout; return their paths.
+
+    `configs` defaults to the tiny sizes; pass the full-size configs to build a
+    full-size random-weight SDXL. `refiner_ref` is what the base's
+    configuration.json names as its refiner (a path relative to the base folder,
+    an absolute path, or a hub id).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = configs or tiny_configs()
+    tokenizer_dir = os.path.join(root, '.tokenizers')
+    vocab, tokenizer, tokenizer_2 = clip_tokenizers(tokenizer_dir, words)
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_encoder_config(configs['text_encoder'], vocab)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(text_encoder_config(configs['text_encoder_2'], vocab)).eval()
+    vae = AutoencoderKL(**configs['vae']).eval()
+    unet = UNet2DConditionModel(**configs['unet_base']).eval()
+    refiner_unet = UNet2DConditionModel(**configs['unet_refiner']).eval()
+    return save_sdxl_pair(
+        root, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, vae=vae, unet=unet, refiner_unet=refiner_unet, tokenizer_dir=tokenizer_dir,
+        refiner_ref=refiner_ref, refiner_revision=refiner_revision)
 
 
 def build_tiny_sdxl(root: str, seed: int = 0) -> Tuple[str, str]:

@@ -1,0 +1,572 @@
+"""Train the mini SDXL (base + refiner) from scratch on shapes this script draws itself.
+
+    python -m modelscope_sdxl.mini_training --out DIR
+
+writes DIR/base and DIR/refiner in the hub layout (the same diffusers classes,
+folders and configuration.json as the real repos, via tiny_models.save_sdxl_pair)
+and DIR/training_log.json. Everything is seeded; the defaults reproduce the
+weights shipped in modelscope_sdxl/mini_model (docs/mini-model.md has the run's
+time and figures). Stages, all on the CPU:
+
+1. VAE: AutoencoderKL with SDXL's four blocks (scale factor 8: 64 px -> 8x8x4),
+   trained on L1 + L2 reconstruction plus a small KL term, first on 32 px
+   crops, then on whole images; its ``scaling_factor`` is then set to
+   1 / std of the latents, as SD/SDXL chose theirs.
+2. Latent data set: random scenes from mini_scenes' grammar, drawn, encoded
+   once (posterior mean and std), with their prompts and micro-conditioning.
+3. Base: UNet2DConditionModel with SDXL's text-time conditioning (pooled text
+   embedding + 6 time ids), epsilon prediction on the whole 1000-step schedule
+   (SDXL's scaled-linear betas), Min-SNR-5 loss weights, 10% of prompts dropped
+   to SDXL's zero embeddings for classifier-free guidance
+   (``force_zeros_for_empty_prompt``). Both CLIP text encoders start random and
+   train jointly with it for the first half of its steps, on the diffusion loss
+   alone; then they keep their averaged weights and stay frozen.
+4. Refiner (in a second process, from the moment the text encoders are frozen):
+   a second UNet conditioned on text_encoder_2 only (shared with the base) and
+   5 time ids (original size, crop, aesthetic score), trained on timesteps
+   < 300 only, the low-noise end SDXL's refiner specialises in; dropped prompts
+   use the encoding of "" as the refiner pipeline does. Aesthetic score: clean
+   drawings are scored 5.5-8, degraded ones (blurred and noisy) 1-4, so the
+   default 6.0 vs negative 2.5 steers towards clean edges.
+
+Micro-conditioning: like SDXL's size conditioning, 30% of training images are
+drawn at 32 or 48 px and upscaled to 64, with original_size saying so; crop
+coordinates are always (0, 0) (no cropping is done).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .mini_scenes import Scene, random_scenes, render
+from .tiny_models import (PROMPT_WORDS, SDXL_SCHEDULER, clip_tokenizers, pair_configs, save_sdxl_pair,
+                          text_encoder_config)
+
+IMAGE_SIZE = 64
+# SDXL's text encoders are CLIP ViT-L (quick_gelu) and OpenCLIP bigG (gelu, with projection); the
+# UNet reads the penultimate layer of each, so text_encoder's last layer is kept but unused, as in SDXL.
+MINI_TEXT_ENCODER: Dict[str, Any] = dict(
+    hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=32)
+MINI_TEXT_ENCODER_2: Dict[str, Any] = dict(
+    hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    max_position_embeddings=77, hidden_act='gelu', projection_dim=32)
+MINI_VAE: Dict[str, Any] = dict(
+    block_out_channels=[8, 16, 32, 32], in_channels=3, out_channels=3,
+    down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4,
+    latent_channels=4, layers_per_block=1, norm_num_groups=1, sample_size=IMAGE_SIZE,
+    scaling_factor=1.0, force_upcast=True)
+# SDXL's layout scaled down: no attention at the top level, cross-attention below it.
+MINI_UNET: Dict[str, Any] = dict(
+    sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=[32, 64, 64],
+    down_block_types=['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+    up_block_types=['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
+    attention_head_dim=[1, 2, 2], transformer_layers_per_block=[1, 1, 1], use_linear_projection=True,
+    addition_embed_type='text_time', addition_time_embed_dim=16, norm_num_groups=8)
+REFINER_MAX_TIMESTEP = 300
+SIZE_CHOICES = (64, 48, 32)
+SIZE_PROBS = (0.7, 0.15, 0.15)
+
+
+def mini_configs() -> Dict[str, Dict[str, Any]]:
+    """Component configs of the mini pair, in the layout of tiny_models.tiny_configs()."""
+    return pair_configs(MINI_TEXT_ENCODER, MINI_TEXT_ENCODER_2, MINI_VAE, MINI_UNET)
+
+
+# ---------------------------------------------------------------------------- data
+
+def draw_images(scenes: Sequence[Scene], rng: np.random.Generator, degraded: bool = False
+                ) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Scenes -> (images in [-1, 1] (N, 3, 64, 64), original sizes, aesthetic scores).
+
+    Each image is drawn at its original size (64, 48 or 32 px) and upscaled to 64.
+    Degraded images are drawn at 12-24 px, upscaled and given noise. (Their colours are kept:
+    with washed-out colours among the low scores, the refiner's aesthetic guidance pushed
+    colours the other way, tinting white shapes yellow and black ones purple.)
+    """
+    n = len(scenes)
+    sizes = rng.choice(SIZE_CHOICES, size=n, p=SIZE_PROBS)
+    out = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE)
+    if degraded:
+        draw_sizes = rng.choice([12, 16, 24], size=n)
+        scores = rng.uniform(1.0, 4.0, size=n)
+    else:
+        draw_sizes = sizes
+        scores = rng.uniform(5.5, 8.0, size=n)
+    for s in np.unique(draw_sizes):
+        idx = np.nonzero(draw_sizes == s)[0]
+        img = torch.from_numpy(render([scenes[i] for i in idx], size=int(s), rng=rng)).permute(0, 3, 1, 2)
+        if s != IMAGE_SIZE:
+            img = F.interpolate(img, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear', align_corners=False)
+        out[torch.from_numpy(idx)] = img
+    if degraded:
+        sigma = torch.from_numpy(rng.uniform(0.02, 0.08, size=(n, 1, 1, 1))).float()
+        out = out + sigma * torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32))
+    return (out.clamp(0, 1) * 2 - 1), sizes.astype(np.float32), scores.astype(np.float32)
+
+
+class Tokens:
+    """Token ids of both tokenizers, padded to 77 exactly as diffusers' encode_prompt pads them."""
+
+    def __init__(self, tokenizer: Any, tokenizer_2: Any):
+        self.tokenizers = (tokenizer, tokenizer_2)
+        self.cache: Dict[str, Tuple[List[int], List[int]]] = {}
+
+    def __call__(self, prompts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted(set(prompts) - set(self.cache))
+        if missing:
+            ids = [t(missing, padding='max_length', max_length=t.model_max_length, truncation=True).input_ids
+                   for t in self.tokenizers]
+            for p, a, b in zip(missing, *ids):
+                self.cache[p] = (a, b)
+        return (torch.tensor([self.cache[p][0] for p in prompts]),
+                torch.tensor([self.cache[p][1] for p in prompts]))
+
+
+def encode_base(te1: Any, te2: Any, ids1: torch.Tensor, ids2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, pooled) as StableDiffusionXLPipeline.encode_prompt computes them."""
+    out1 = te1(ids1, output_hidden_states=True)
+    out2 = te2(ids2, output_hidden_states=True)
+    return torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1), out2.text_embeds
+
+
+def encode_refiner(te2: Any, ids2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, pooled) as StableDiffusionXLImg2ImgPipeline.encode_prompt computes them."""
+    out2 = te2(ids2, output_hidden_states=True)
+    return out2.hidden_states[-2], out2.text_embeds
+
+
+# ---------------------------------------------------------------------------- helpers
+
+class EMA:
+    """Exponential moving average of parameters (decay warmed up as in common diffusion training)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Log:
+    """Progress lines stamped with seconds since `start` (default: now)."""
+
+    def __init__(self, start: Optional[float] = None) -> None:
+        self.start = time.time() if start is None else start
+
+    def __call__(self, msg: str) -> None:
+        print(f'[{time.time() - self.start:7.1f}s] {msg}', flush=True)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
+    for group, lr in zip(opt.param_groups, lrs):
+        group['lr'] = lr
+
+
+# ---------------------------------------------------------------------------- stages
+
+def train_vae(vae: Any, steps: int, batch: int, lr: float, kl_weight: float, rng: np.random.Generator,
+              gen: torch.Generator, log: Log, crop: int = 32, full_steps: int = 300) -> Dict[str, float]:
+    """Train the VAE: `steps` on random 32 px crops (aligned to the 8 px latent grid; a quarter of
+    the cost of a whole image, and the network is convolutional), then `full_steps` on whole
+    64 px images at a lower learning rate."""
+    vae.train()
+    with torch.no_grad():
+        # Start with a small posterior std (log-variance -6): with the default start (std ~1)
+        # the decoder first sees mostly sampling noise and training crawls.
+        c = vae.config.latent_channels
+        vae.quant_conv.weight[c:] *= 0.1
+        vae.quant_conv.bias[c:] = -6.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMA(vae.parameters(), decay=0.99)
+    recent: List[float] = []
+    total = steps + full_steps
+    for step in range(total):
+        whole = step >= steps
+        _set_lr(opt, [lr_at(step - steps, full_steps, lr * 0.3, warmup=1) if whole else lr_at(step, steps, lr)])
+        degraded = rng.random() < 0.15
+        x, _, _ = draw_images(random_scenes(rng, batch), rng, degraded=degraded)
+        if not whole:
+            top, left = rng.integers(0, (IMAGE_SIZE - crop) // 8 + 1, size=2) * 8
+            x = x[:, :, top:top + crop, left:left + crop]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update()
+        recent.append(F.l1_loss(rec, x).item())
+        if (step + 1) % 100 == 0 or step + 1 == total:
+            log(f'vae step {step + 1}/{total} ({"64 px" if whole else f"{crop} px crops"})  L1 {np.mean(recent):.4f}')
+            recent = []
+    ema.copy_to_params()
+    vae.eval()
+    # Final figure on fresh clean scenes, in 0-255 levels.
+    with torch.no_grad():
+        x, _, _ = draw_images(random_scenes(rng, 256), rng)
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        mae = ((rec - x).abs().mean() * 127.5).item()
+    log(f'vae reconstruction error on clean scenes: {mae:.2f} / 255 per channel')
+    return {'reconstruction_mae_255': mae}
+
+
+@torch.no_grad()
+def build_latents(vae: Any, tokens: Tokens, count: int, degraded_share: float, rng: np.random.Generator,
+                  chunk: int = 500) -> Dict[str, torch.Tensor]:
+    """Draw `count` scenes and encode them once: posterior mean/std, token ids, time-id values."""
+    means, stds, ids1, ids2, sizes, scores = [], [], [], [], [], []
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        scenes = random_scenes(rng, n)
+        degraded = rng.random(n) < degraded_share
+        x = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE)
+        size = np.empty(n, np.float32)
+        score = np.empty(n, np.float32)
+        for flag in (False, True):
+            idx = np.nonzero(degraded == flag)[0]
+            if len(idx):
+                xi, si, ai = draw_images([scenes[i] for i in idx], rng, degraded=flag)
+                x[torch.from_numpy(idx)] = xi
+                size[idx], score[idx] = si, ai
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+        a, b = tokens([s.prompt() for s in scenes])
+        ids1.append(a)
+        ids2.append(b)
+        sizes.append(torch.from_numpy(size))
+        scores.append(torch.from_numpy(score))
+    return {'mean': torch.cat(means), 'std': torch.cat(stds), 'ids1': torch.cat(ids1), 'ids2': torch.cat(ids2),
+            'size': torch.cat(sizes), 'score': torch.cat(scores)}
+
+
+def _noisy(data: Dict[str, torch.Tensor], idx: torch.Tensor, scale: float, t: torch.Tensor,
+           alphas_cumprod: torch.Tensor, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mean, std = data['mean'][idx], data['std'][idx]
+    z0 = (mean + std * torch.randn(mean.shape, generator=gen)) * scale
+    noise = torch.randn(z0.shape, generator=gen)
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * z0 + (1 - ab).sqrt() * noise, noise, ab.view(-1)
+
+
+def _min_snr_loss(pred: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    snr = ab / (1 - ab)
+    weight = torch.clamp(snr, max=gamma) / snr
+    return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def train_base(unet: Any, te1: Any, te2: Any, data: Dict[str, torch.Tensor], scale: float, steps: int,
+               batch: int, lr: float, text_lr: float, alphas_cumprod: torch.Tensor, gen: torch.Generator,
+               log: Log, text_steps: Optional[int] = None, on_text_frozen: Optional[Callable[[], None]] = None
+               ) -> Dict[str, float]:
+    """Train the base UNet; the text encoders train with it for the first `text_steps` steps, then
+    take their averaged weights and stay frozen (`on_text_frozen` is called at that point)."""
+    text_steps = steps if text_steps is None else min(text_steps, steps)
+    text_params = list(te1.parameters()) + list(te2.parameters())
+    for m in (unet, te1, te2):
+        m.train()
+    opt = torch.optim.AdamW([{'params': unet.parameters(), 'lr': lr}, {'params': text_params, 'lr': text_lr}],
+                            weight_decay=0.01)
+    unet_ema, text_ema = EMA(unet.parameters(), decay=0.998), EMA(text_params, decay=0.998)
+    n = data['mean'].shape[0]
+    recent: List[float] = []
+    for step in range(steps):
+        if step == text_steps:
+            text_ema.copy_to_params()
+            for m in (te1, te2):
+                m.eval().requires_grad_(False)
+            log(f'base step {step}: text encoders frozen')
+            if on_text_frozen is not None:
+                on_text_frozen()
+        train_text = step < text_steps
+        _set_lr(opt, [lr_at(step, steps, lr), lr_at(min(step, text_steps - 1), text_steps, text_lr)])
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        t = torch.randint(0, len(alphas_cumprod), (batch,), generator=gen)
+        zt, noise, ab = _noisy(data, idx, scale, t, alphas_cumprod, gen)
+        with torch.set_grad_enabled(train_text):
+            embeds, pooled = encode_base(te1, te2, data['ids1'][idx], data['ids2'][idx])
+        keep = (torch.rand(batch, generator=gen) >= 0.1).float()
+        embeds, pooled = embeds * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
+        size = data['size'][idx]
+        time_ids = torch.stack([size, size, torch.zeros(batch), torch.zeros(batch),
+                                torch.full((batch,), float(IMAGE_SIZE)), torch.full((batch,), float(IMAGE_SIZE))], 1)
+        pred = unet(zt, t, embeds, added_cond_kwargs={'text_embeds': pooled, 'time_ids': time_ids}).sample
+        loss = _min_snr_loss(pred, noise, ab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in opt.param_groups[0]['params'] + text_params
+                                        if p.grad is not None], 1.0)
+        opt.step()
+        unet_ema.update()
+        if train_text:
+            text_ema.update()
+        recent.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f'base step {step + 1}/{steps}  loss {np.mean(recent):.4f}')
+            recent = []
+    unet_ema.copy_to_params()
+    if text_steps >= steps:
+        text_ema.copy_to_params()
+    for m in (unet, te1, te2):
+        m.eval()
+    return {}
+
+
+def train_refiner(unet: Any, te2: Any, empty_ids: torch.Tensor, data: Dict[str, torch.Tensor], scale: float,
+                  steps: int, batch: int, lr: float, alphas_cumprod: torch.Tensor, gen: torch.Generator,
+                  log: Log) -> Dict[str, float]:
+    unet.train()
+    te2.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    ema = EMA(unet.parameters(), decay=0.998)
+    with torch.no_grad():
+        empty_embeds, empty_pooled = encode_refiner(te2, empty_ids)
+    n = data['mean'].shape[0]
+    recent: List[float] = []
+    for step in range(steps):
+        _set_lr(opt, [lr_at(step, steps, lr)])
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        t = torch.randint(0, REFINER_MAX_TIMESTEP, (batch,), generator=gen)
+        zt, noise, ab = _noisy(data, idx, scale, t, alphas_cumprod, gen)
+        with torch.no_grad():
+            embeds, pooled = encode_refiner(te2, data['ids2'][idx])
+        drop = torch.rand(batch, generator=gen) < 0.1
+        embeds = torch.where(drop.view(-1, 1, 1), empty_embeds, embeds)
+        pooled = torch.where(drop.view(-1, 1), empty_pooled, pooled)
+        size = data['size'][idx]
+        time_ids = torch.stack([size, size, torch.zeros(batch), torch.zeros(batch), data['score'][idx]], 1)
+        pred = unet(zt, t, embeds, added_cond_kwargs={'text_embeds': pooled, 'time_ids': time_ids}).sample
+        loss = _min_snr_loss(pred, noise, ab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update()
+        recent.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f'refiner step {step + 1}/{steps}  loss {np.mean(recent):.4f}')
+            recent = []
+    ema.copy_to_params()
+    unet.eval()
+    return {}
+
+
+# ---------------------------------------------------------------------------- main
+
+def _refiner_worker(job_path: str, result_path: str) -> None:
+    """The refiner stage, run in its own process beside the base's last steps.
+
+    It receives the frozen text_encoder_2, the VAE and the clean latents, encodes
+    its own degraded scenes and trains the refiner UNet.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    job = torch.load(job_path, weights_only=False)
+    torch.set_num_threads(job['threads'])
+    log = Log(job['start'])
+    rng = np.random.default_rng(job['seed'])
+    gen = torch.Generator().manual_seed(job['seed'])
+    start = time.time()
+    vae = AutoencoderKL(**job['configs']['vae'])
+    vae.load_state_dict(job['vae'])
+    vae.eval().requires_grad_(False)
+    te2 = CLIPTextModelWithProjection(text_encoder_config(job['configs']['text_encoder_2'], job['vocab']))
+    te2.load_state_dict(job['text_encoder_2'])
+    unet = UNet2DConditionModel(**job['configs']['unet_refiner'])
+    unet.load_state_dict(job['unet'])
+    tokens = Tokens(*(CLIPTokenizer.from_pretrained(os.path.join(job['tokenizer_dir'], name))
+                      for name in ('tokenizer', 'tokenizer_2')))
+    degraded = build_latents(vae, tokens, job['degraded_count'], degraded_share=1.0, rng=rng)
+    log(f'refiner: {job["degraded_count"]} degraded scenes encoded')
+    data = {k: torch.cat([job['data'][k], degraded[k]]) for k in degraded}
+    train_refiner(unet, te2, job['empty_ids'], data, job['scale'], job['steps'], job['batch'], job['lr'],
+                  job['alphas_cumprod'], gen, log)
+    torch.save({'unet': unet.state_dict(), 'seconds': time.time() - start}, result_path)
+
+
+def train(out: str, seed: int = 0, vae_steps: int = 4000, vae_full_steps: int = 500, vae_batch: int = 16,
+          base_steps: int = 4000, text_steps: int = 2000, base_batch: int = 64, refiner_steps: int = 2000,
+          refiner_batch: int = 64, data_size: int = 30000, threads: int = 1, evaluate: bool = True
+          ) -> Dict[str, Any]:
+    """Train every component and write `out`/base and `out`/refiner; return the training log.
+
+    The refiner trains in a second process (each process uses `threads` torch
+    threads) from the moment the text encoders are frozen, beside the base's
+    remaining steps.
+    """
+    import multiprocessing
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.set_num_threads(threads)
+    log = Log()
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    configs = mini_configs()
+    record: Dict[str, Any] = {
+        'command': 'python -m modelscope_sdxl.mini_training ' + ' '.join(sys.argv[1:]),
+        'seed': seed, 'threads_per_process': threads, 'torch': torch.__version__,
+        'machine': platform.processor() or platform.machine(), 'cpu_count': os.cpu_count(),
+        'steps': {'vae_crops': [vae_steps, vae_batch], 'vae_full': [vae_full_steps, vae_batch],
+                  'base': [base_steps, base_batch], 'text_encoders': [text_steps, base_batch],
+                  'refiner': [refiner_steps, refiner_batch]},
+        'data_size': {'clean': data_size, 'degraded': data_size // 2}, 'seconds': {}}
+
+    tmp = tempfile.mkdtemp(prefix='mini-sdxl-')
+    refiner_proc = None
+    try:
+        vocab, tokenizer, tokenizer_2 = clip_tokenizers(os.path.join(tmp, 'tokenizers'), PROMPT_WORDS)
+        tokens = Tokens(tokenizer, tokenizer_2)
+        te1 = CLIPTextModel(text_encoder_config(configs['text_encoder'], vocab))
+        te2 = CLIPTextModelWithProjection(text_encoder_config(configs['text_encoder_2'], vocab))
+        vae = AutoencoderKL(**configs['vae'])
+        unet = UNet2DConditionModel(**configs['unet_base'])
+        refiner_unet = UNet2DConditionModel(**configs['unet_refiner'])
+        record['parameters'] = {name: sum(p.numel() for p in m.parameters()) for name, m in (
+            ('text_encoder', te1), ('text_encoder_2', te2), ('vae', vae), ('unet', unet),
+            ('refiner_unet', refiner_unet))}
+        log(f'parameters: {record["parameters"]}')
+        alphas_cumprod = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER).alphas_cumprod.float()
+
+        t0 = time.time()
+        record['vae'] = train_vae(vae, vae_steps, vae_batch, 1e-3, 1e-5, rng, gen, log, full_steps=vae_full_steps)
+        vae.requires_grad_(False)
+        record['seconds']['vae'] = time.time() - t0
+
+        t0 = time.time()
+        data = build_latents(vae, tokens, data_size, degraded_share=0.0, rng=rng)
+        sample = data['mean'] + data['std'] * torch.randn(data['mean'].shape, generator=gen)
+        scale = float(1.0 / sample.std())
+        vae.register_to_config(scaling_factor=scale)
+        record['vae']['scaling_factor'] = scale
+        record['seconds']['latents'] = time.time() - t0
+        log(f'{data_size} scenes encoded; latent scaling_factor {scale:.5f}')
+
+        job_path, result_path = os.path.join(tmp, 'refiner-job.pt'), os.path.join(tmp, 'refiner-result.pt')
+
+        def start_refiner() -> None:
+            nonlocal refiner_proc
+            torch.save({
+                'threads': threads, 'start': log.start, 'seed': seed + 1, 'configs': configs, 'vocab': vocab,
+                'tokenizer_dir': os.path.join(tmp, 'tokenizers'),
+                'vae': vae.state_dict(), 'text_encoder_2': te2.state_dict(), 'unet': refiner_unet.state_dict(),
+                'data': data, 'degraded_count': data_size // 2, 'empty_ids': tokens([''])[1], 'scale': scale,
+                'steps': refiner_steps, 'batch': refiner_batch, 'lr': 1e-3, 'alphas_cumprod': alphas_cumprod,
+            }, job_path)
+            refiner_proc = multiprocessing.get_context('spawn').Process(
+                target=_refiner_worker, args=(job_path, result_path))
+            refiner_proc.start()
+
+        t0 = time.time()
+        record['base'] = train_base(unet, te1, te2, data, scale, base_steps, base_batch, 1e-3, 5e-4,
+                                    alphas_cumprod, gen, log, text_steps=text_steps, on_text_frozen=start_refiner)
+        record['seconds']['base'] = time.time() - t0
+        if refiner_proc is None:
+            start_refiner()
+        refiner_proc.join()
+        if refiner_proc.exitcode != 0:
+            raise RuntimeError(f'refiner training failed (exit code {refiner_proc.exitcode})')
+        result = torch.load(result_path, weights_only=False)
+        refiner_unet.load_state_dict(result['unet'])
+        record['seconds']['refiner'] = result['seconds']
+        record['seconds']['total'] = time.time() - log.start
+
+        for m in (te1, te2, vae, unet, refiner_unet):
+            m.eval().requires_grad_(False)
+        base_dir, refiner_dir = save_sdxl_pair(
+            out, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae=vae,
+            unet=unet, refiner_unet=refiner_unet, tokenizer_dir=os.path.join(tmp, 'tokenizers'),
+            refiner_ref='../refiner')
+    finally:
+        if refiner_proc is not None and refiner_proc.is_alive():
+            refiner_proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f'saved {base_dir} and {refiner_dir}; training took {record["seconds"]["total"] / 60:.1f} min')
+    _check_encoding(base_dir, tokens, te1, te2)
+
+    if evaluate:
+        from .mini_quality import evaluate_folder
+        record['quality'] = evaluate_folder(base_dir)
+        for mode, report in record['quality'].items():
+            log(f'{mode}: {report}')
+    with open(os.path.join(out, 'training_log.json'), 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=2)
+        f.write('\n')
+    return record
+
+
+@torch.no_grad()
+def _check_encoding(base_dir: str, tokens: Tokens, te1: Any, te2: Any) -> None:
+    """The embeddings the model was trained on are the ones the saved pipeline computes."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(base_dir, use_safetensors=True, add_watermarker=False)
+    prompt = Scene('red', 'circle', 'blue', position='top left').prompt()
+    ours = encode_base(te1, te2, *tokens([prompt]))
+    theirs = pipe.encode_prompt(prompt, device=torch.device('cpu'), do_classifier_free_guidance=False)
+    for a, b in zip(ours, (theirs[0], theirs[2])):
+        if not torch.allclose(a, b, atol=1e-5):
+            raise RuntimeError('training-time prompt encoding differs from the saved pipeline\'s')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m modelscope_sdxl.mini_training',
+                                     description=(__doc__ or '').split('\n')[0])
+    parser.add_argument('--out', required=True, help='output folder; base/ and refiner/ are written inside')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--vae-steps', type=int, default=4000, help='VAE steps on 32 px crops')
+    parser.add_argument('--vae-full-steps', type=int, default=500, help='VAE steps on whole 64 px images')
+    parser.add_argument('--base-steps', type=int, default=4000)
+    parser.add_argument('--text-steps', type=int, default=2000,
+                        help='base steps during which the text encoders train too')
+    parser.add_argument('--refiner-steps', type=int, default=2000)
+    parser.add_argument('--data-size', type=int, default=30000, help='clean scenes encoded for the UNets')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per process')
+    parser.add_argument('--no-eval', action='store_true', help='skip the quality check at the end')
+    args = parser.parse_args(argv)
+    train(args.out, seed=args.seed, vae_steps=args.vae_steps, vae_full_steps=args.vae_full_steps,
+          base_steps=args.base_steps, text_steps=args.text_steps, refiner_steps=args.refiner_steps,
+          data_size=args.data_size, threads=args.threads, evaluate=not args.no_eval)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
