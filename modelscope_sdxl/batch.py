@@ -36,6 +36,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 MANIFEST = 'manifest.jsonl'
 # Temporary files of an unfinished write: save_png's '.tmp-*.png' and the manifest's '.tmp-*.jsonl'.
 TMP_PREFIX = '.tmp-'
-TINY_MODEL = 'tiny'
 MAX_ID_LENGTH = 200
 # An id used as it is in file names; other ids are turned into '<slug>-<hash>'.
 _SAFE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z')
@@ -334,7 +335,7 @@ def _flock(path: str, busy: Optional[str] = None) -> Iterator[None]:
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
     """What a worker loads: the same options as ``modelscope-sdxl generate``."""
-    model: str = TINY_MODEL  # 'tiny' (the offline tiny model), a hub id or a local folder
+    model: str = DEFAULT_MODEL  # a built-in model ('mini', 'tiny'), a hub id or a local folder
     revision: Optional[str] = None
     refiner: Optional[str] = None  # None: configuration.json's; 'none': the base alone
     refiner_revision: Optional[str] = None
@@ -343,7 +344,7 @@ class PipelineSpec:
     def with_absolute_paths(self) -> 'PipelineSpec':
         """Local folders as absolute paths, so workers started elsewhere find them."""
         def absolute(ref: Optional[str]) -> Optional[str]:
-            if ref and ref != TINY_MODEL and ref.lower() != 'none' and os.path.isdir(os.path.expanduser(ref)):
+            if ref and ref not in BUILTIN_MODELS and ref.lower() != 'none' and os.path.isdir(os.path.expanduser(ref)):
                 return os.path.abspath(os.path.expanduser(ref))
             return ref
         return dataclasses.replace(self, model=absolute(self.model), refiner=absolute(self.refiner))
@@ -355,8 +356,8 @@ class PipelineSpec:
         from .loading import BASE_FILES, resolve_folder
         from .names import PIPELINE_TYPE, TASK
 
-        if self.model == TINY_MODEL:
-            model = _tiny_model()
+        if self.model in BUILTIN_MODELS:
+            model = builtin_model_folder(self.model)
         else:
             model = resolve_folder(self.model, self.revision, BASE_FILES)
         kwargs: Dict[str, Any] = {'device': self.device or _local_device(), 'progress_bar': False}
@@ -365,18 +366,6 @@ class PipelineSpec:
         if self.refiner_revision is not None:
             kwargs['refiner_revision'] = self.refiner_revision
         return pipeline(task=TASK, model=model, pipeline_name=PIPELINE_TYPE, **kwargs)
-
-
-def _tiny_model() -> str:
-    from .cli import default_cache_dir
-    from .tiny_models import build_tiny_sdxl
-
-    root = os.path.join(default_cache_dir(), 'tiny')
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    # Workers on one machine share the cache: one builds, the others wait and reuse it.
-    with _flock(root + '.lock'):
-        base, _ = build_tiny_sdxl(root)
-    return base
 
 
 def generate_item(pipe: Any, inputs: Dict[str, Any]) -> Tuple[Dict[str, Any], List[np.ndarray]]:
@@ -546,7 +535,7 @@ def _remove_stale_files(out_dir: str, old: Optional[Dict[str, Any]], kept: List[
                 os.unlink(path)
 
 
-def run_batch(prompts: str, out_dir: str, *, model: str = TINY_MODEL, revision: Optional[str] = None,
+def run_batch(prompts: str, out_dir: str, *, model: str = DEFAULT_MODEL, revision: Optional[str] = None,
               refiner: Optional[str] = None, refiner_revision: Optional[str] = None,
               device: Optional[str] = None, ray_address: Optional[str] = None, workers: Optional[int] = None,
               gpus_per_worker: Optional[float] = None, cpus_per_worker: float = 1.0,
@@ -683,8 +672,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('prompts', help='JSONL file: one JSON object per line with the fields of a pipeline '
                         'input ({"text": ..., "seed": ..., ...}) and an optional "id"')
     parser.add_argument('--out', required=True, help='output folder for the PNG files and manifest.jsonl')
-    parser.add_argument('--model', default=TINY_MODEL,
-                        help="hub id or local folder of the base model; 'tiny' (default) is the offline tiny model")
+    parser.add_argument('--model', default=DEFAULT_MODEL,
+                        help=f'hub id or local folder of the base model, or a built-in model: {BUILTIN_HELP}')
     parser.add_argument('--revision', default=None, help='revision of a hub model')
     parser.add_argument('--refiner', default=None,
                         help="refiner hub id or folder (default: the model's configuration.json); 'none' for base only")

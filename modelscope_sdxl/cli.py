@@ -12,9 +12,10 @@ Every PNG holds the prompt and every parameter of the call, the seed included, p
 revisions it was made with (:func:`modelscope_sdxl.png.save_png`); ``--from-png`` reads them back,
 and flags given alongside override them.
 
-Without ``--model`` (and without ``--from-png``) ``generate`` uses :func:`default_model`: the tiny
-offline model, built on first use under the cache folder, which has random weights and so draws
-noise. Name a hub id such as ``AI-ModelScope/stable-diffusion-xl-base-1.0`` for real images.
+Without ``--model`` (and without ``--from-png``) ``generate`` uses :func:`default_model`: the mini
+model shipped in the package, which draws flat shapes from prompts such as "a red circle on a blue
+background" (docs/mini-model.md). Name a hub id such as ``AI-ModelScope/stable-diffusion-xl-base-1.0``
+for real SDXL images.
 
 Subcommands come from :data:`SUBCOMMANDS`: each is a :class:`Subcommand` whose ``add_parser(subparsers)``
 adds its parser and whose ``run(args)`` returns the exit code. The parser is built for every
@@ -32,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .batch import add_batch_parser, batch_command
+from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder
 from .parameters import PARAMS, PARAMS_BY_NAME
 
 PROG = 'modelscope-sdxl'
 DESCRIPTION = ('SDXL base + refiner on ModelScope: images from a prompt, written as PNG files that carry '
                'their parameters.')
-TINY_MODEL = 'tiny'
 # Short flags for the parameters typed most often.
 ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images']}
 # What a PNG records besides the parameters: where its model came from.
@@ -61,26 +62,9 @@ class Subcommand:
 # Models
 
 
-def default_cache_dir() -> str:
-    root = os.environ.get('MODELSCOPE_SDXL_CACHE') or os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'modelscope_sdxl')
-    return root
-
-
-def _tiny_model_folder() -> str:
-    from .tiny_models import build_tiny_sdxl
-
-    base_dir, _ = build_tiny_sdxl(os.path.join(default_cache_dir(), TINY_MODEL))
-    return base_dir
-
-
-#: Models named by a word rather than a hub id or folder: name -> function returning the base folder.
-BUILTIN_MODELS: Dict[str, Callable[[], str]] = {TINY_MODEL: _tiny_model_folder}
-
-
 def default_model() -> str:
-    """The model ``generate`` uses without --model: the tiny offline model (random weights)."""
-    return TINY_MODEL
+    """The model ``generate`` uses without --model: the mini model shipped in the package."""
+    return DEFAULT_MODEL
 
 
 def _looks_local(ref: str) -> bool:
@@ -111,7 +95,7 @@ def load_pipeline(model: str, revision: Optional[str] = None, refiner: Optional[
     if model in BUILTIN_MODELS:
         if revision is not None:
             raise CommandError(f'--revision applies to a hub model, not to the built-in {model!r} model')
-        folder = os.path.abspath(BUILTIN_MODELS[model]())
+        folder = builtin_model_folder(model)
     elif _looks_local(model):
         if revision is not None:
             raise CommandError(f'--revision applies to a hub model; {model!r} is a local folder')
@@ -250,9 +234,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --revision, --refiner, --refiner-revision, --device."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', default=None,
-                       help=f"hub id or local folder of the base model; default: {default_model()!r}, "
-                       f"one of the built-in models ({', '.join(map(repr, BUILTIN_MODELS))}; "
-                       "'tiny' is an offline tiny model with random weights). With --from-png: the file's model")
+                       help=f"hub id or local folder of the base model, or a built-in model: {BUILTIN_HELP}. "
+                       "With --from-png: the file's model")
     group.add_argument('--revision', default=None, help="revision (tag, branch or commit) of a hub model")
     group.add_argument('--refiner', default=None,
                        help="refiner hub id or folder (default: the model's configuration.json); 'none' for the "

@@ -66,7 +66,7 @@ def parse_lora(lora: Any) -> List[LoraSpec]:
 
 def _locate(spec: LoraSpec, allow_pickle: bool) -> tuple:
     """(folder, weight file name) of a LoRA, fetching a hub id through ModelScope's client."""
-    from .loading import is_local_reference, resolve_folder
+    from .loading import resolve_folder
 
     if os.path.isfile(os.path.expanduser(spec.path)):
         folder, name = os.path.split(os.path.abspath(os.path.expanduser(spec.path)))

@@ -1,5 +1,4 @@
 """Shared fixtures: the tiny offline SDXL pair, our pipeline on it, and plain diffusers on the same folders."""
-import os
 
 import numpy as np
 import pytest

@@ -15,6 +15,8 @@ from PIL import Image
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl import cli
+from modelscope_sdxl.mini_model import mini_model_dir
+from modelscope_sdxl.mini_scenes import read_image
 from modelscope_sdxl.png import JSON_KEY, read_png_parameters, save_png
 
 from hub_fixtures import hub, hub_repos, hub_server  # noqa: F401  (fixtures)
@@ -177,7 +179,8 @@ BAD_COMMAND_LINES = [
     (['--from-png', 'unknown'], "unknown parameter(s) 'bogus'"),
     (['--from-png', 'wrong_type'], "num_inference_steps must be an integer >= 1 and <= 1000, got str 'many'"),
     (['x', '--model', 'MISSING'], 'does not exist'),
-    (['x', '--revision', 'v1.0.0'], "--revision applies to a hub model, not to the built-in 'tiny' model"),
+    (['x', '--revision', 'v1.0.0'], "--revision applies to a hub model, not to the built-in 'mini' model"),
+    (['x', '--model', 'tiny', '--revision', 'v1.0.0'], "not to the built-in 'tiny' model"),
     (['x', '--model', 'BASE', '--revision', 'v1.0.0'], '--revision applies to a hub model'),
     (['x', '--model', 'BASE', '--device', 'tpu'], "device must be 'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N'"),
     # Checked against the loaded model.
@@ -261,26 +264,44 @@ def test_a_subcommand_is_one_entry_of_the_list_for_both_commands(monkeypatch, ca
 # Real subprocesses
 # ---------------------------------------------------------------------------------------------
 def test_python_m_modelscope_sdxl_generate_on_the_default_model(tmp_path):
+    """The README's main command: the shipped mini model draws what the prompt says, offline."""
     cache = tmp_path / 'sdxl-cache'
     env = command_env(str(tmp_path / 'child'), MODELSCOPE_SDXL_CACHE=str(cache))
     out = tmp_path / 'default.png'
-    result = subprocess.run([sys.executable, '-m', 'modelscope_sdxl', 'generate', PROMPT, '--seed', '11',
-                             '--steps', '4', '--out', str(out)], env=env, cwd=str(tmp_path), capture_output=True,
+    result = subprocess.run([sys.executable, '-m', 'modelscope_sdxl', 'generate', PROMPT, '--seed', '0',
+                             '--out', str(out)], env=env, cwd=str(tmp_path), capture_output=True,
                             text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f'{out}\n'
     # A progress bar per stage and the seed; none of the libraries' log lines or warnings.
     assert re.search(r'base: +\d+%\|', result.stderr) and re.search(r'refiner: +\d+%\|', result.stderr), \
         result.stderr
-    assert result.stderr.rstrip().endswith('seed: 11'), result.stderr
+    assert result.stderr.rstrip().endswith('seed: 0'), result.stderr
     for noise in (' - modelscope - ', 'WARNING', 'INFO', 'Warning', 'warning', '[transformers]',
                   'Loading pipeline components', 'Loading weights', 'Writing model shards', 'Traceback'):
         assert noise not in result.stderr, result.stderr
     assert foreign_hosts(env) == []
 
     record = read_png_parameters(str(out))
-    assert (record['model'], record['seed'], record['text']) == ('tiny', 11, PROMPT)
-    # The default model is the tiny one, built under the cache folder.
+    assert (record['model'], record['seed'], record['text']) == ('mini', 0, PROMPT)
+    image = read_bgr(out)
+    seen = read_image(image[:, :, ::-1])
+    assert (seen.colour, seen.background) == ('red', 'blue')
+    # The default model is the shipped one: nothing is built or downloaded.
+    assert not cache.exists()
+    pipe = pipeline(task=Tasks.text_to_image_synthesis, model=mini_model_dir(), device='cpu')
+    assert np.array_equal(image, pipe(call_parameters(record))['output_imgs'][0])
+
+
+def test_the_tiny_model_is_built_on_first_use(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / 'sdxl-cache'
+    monkeypatch.setenv('MODELSCOPE_SDXL_CACHE', str(cache))
+    out = tmp_path / 'tiny.png'
+    code, stdout, _ = run_cli(['generate', PROMPT, '--model', 'tiny', '--seed', '11', '--steps', '4',
+                               '--out', out], capsys)
+    assert (code, stdout) == (0, f'{out}\n')
+    record = read_png_parameters(str(out))
+    assert (record['model'], record['seed']) == ('tiny', 11)
     base_dir = os.path.join(str(cache), 'tiny', 'base')
     pipe = pipeline(task=Tasks.text_to_image_synthesis, model=base_dir, device='cpu')
     assert np.array_equal(read_bgr(out), pipe(call_parameters(record))['output_imgs'][0])
