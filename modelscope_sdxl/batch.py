@@ -36,7 +36,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder
+from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, source_record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -601,6 +601,9 @@ def run_batch(prompts: str, out_dir: str, *, model: str = DEFAULT_MODEL, revisio
         if result.skipped:
             log(f'{result.skipped} of {len(items)} item(s) already recorded by an earlier run')
 
+        # Each PNG names its model, as generate's do (unknown for a pipeline passed in).
+        source = source_record(model, revision, refiner, refiner_revision) if pipe is None else {}
+
         def record(item: Item, outcome: Dict[str, Any], images: List[np.ndarray]) -> None:
             from .png import save_png
 
@@ -609,7 +612,7 @@ def run_batch(prompts: str, out_dir: str, *, model: str = DEFAULT_MODEL, revisio
                 files = [f'{item.name}-{k}.png' for k in range(1, len(images) + 1)]
                 for name, image in zip(files, images):
                     path = os.path.join(out_dir, name)
-                    save_png(path, image, outcome['parameters'])
+                    save_png(path, image, outcome['parameters'], source)
                     os.chmod(path, mode)
                     _fsync_path(path)
                 _fsync_path(out_dir)

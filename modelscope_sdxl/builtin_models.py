@@ -1,4 +1,6 @@
-"""Models named by a word instead of a hub id or folder, for the command line and batch runs.
+"""How the command line and batch runs name models: a hub id, a local folder, or a built-in word.
+
+The built-in models:
 
 - ``mini`` (the default): the small SDXL base + refiner trained to draw flat shapes, shipped inside
   the package (``modelscope_sdxl/mini_model``, docs/mini-model.md). It draws what its prompt asks.
@@ -10,7 +12,7 @@ Nothing here imports torch: the names are needed to parse a command line.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 MINI_MODEL = 'mini'
 TINY_MODEL = 'tiny'
@@ -51,3 +53,24 @@ BUILTIN_HELP = ("'mini' (default) draws shapes from prompts such as 'a red circl
 def builtin_model_folder(name: str) -> str:
     """The absolute base folder of a built-in model (building it first if it must be)."""
     return os.path.abspath(BUILTIN_MODELS[name]())
+
+
+def looks_local(ref: str) -> bool:
+    """Whether `ref` names a local folder rather than a hub id (loading.is_local_reference's rule,
+    without importing torch to parse a command line)."""
+    return os.path.isabs(ref) or ref.startswith(('.', '~')) or os.path.isdir(ref)
+
+
+def model_record(ref: Optional[str]) -> Optional[str]:
+    """How a PNG names a model or refiner: a built-in name, 'none', a hub id, or an absolute folder."""
+    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not looks_local(ref):
+        return ref
+    return os.path.abspath(os.path.expanduser(ref))
+
+
+def source_record(model: Optional[str], revision: Optional[str], refiner: Optional[str],
+                  refiner_revision: Optional[str]) -> Dict[str, Any]:
+    """What a PNG records besides its parameters, so that ``--from-png`` finds the same model again."""
+    record = {'model': model_record(model), 'model_revision': revision,
+              'refiner': model_record(refiner), 'refiner_revision': refiner_revision}
+    return {k: v for k, v in record.items() if v is not None}

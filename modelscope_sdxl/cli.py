@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .batch import add_batch_parser, batch_command
-from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder
+from .builtin_models import (BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, looks_local,
+                             source_record)
 from .parameters import PARAMS, PARAMS_BY_NAME
 
 PROG = 'modelscope-sdxl'
@@ -67,18 +68,6 @@ def default_model() -> str:
     return DEFAULT_MODEL
 
 
-def _looks_local(ref: str) -> bool:
-    # The same rule as loading.is_local_reference, without importing torch to parse a command line.
-    return os.path.isabs(ref) or ref.startswith(('.', '~')) or os.path.isdir(ref)
-
-
-def model_record(ref: Optional[str]) -> Optional[str]:
-    """How a PNG names a model or refiner: a built-in name, 'none', a hub id, or an absolute folder."""
-    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not _looks_local(ref):
-        return ref
-    return os.path.abspath(os.path.expanduser(ref))
-
-
 def load_pipeline(model: str, revision: Optional[str] = None, refiner: Optional[str] = None,
                   refiner_revision: Optional[str] = None, device: Optional[str] = None,
                   progress_bar: bool = False) -> Any:
@@ -96,7 +85,7 @@ def load_pipeline(model: str, revision: Optional[str] = None, refiner: Optional[
         if revision is not None:
             raise CommandError(f'--revision applies to a hub model, not to the built-in {model!r} model')
         folder = builtin_model_folder(model)
-    elif _looks_local(model):
+    elif looks_local(model):
         if revision is not None:
             raise CommandError(f'--revision applies to a hub model; {model!r} is a local folder')
         folder = os.path.abspath(os.path.expanduser(model))
@@ -401,9 +390,7 @@ def generate_command(args: argparse.Namespace) -> int:
         pipe = load_pipeline(job.model, job.revision, job.refiner, job.refiner_revision, args.device,
                              progress_bar=not args.quiet)
         output = pipe(dict(job.parameters))
-    extra = {'model': model_record(job.model), 'model_revision': job.revision,
-             'refiner': model_record(job.refiner), 'refiner_revision': job.refiner_revision}
-    paths = save_images(output, args.out, {k: v for k, v in extra.items() if v is not None})
+    paths = save_images(output, args.out, source_record(job.model, job.revision, job.refiner, job.refiner_revision))
     for path in paths:
         print(path)
     if not args.quiet:

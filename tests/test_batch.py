@@ -11,7 +11,7 @@ import pytest
 import ray  # an import error fails this module: the Ray path is tested, never skipped
 from PIL import Image
 
-from modelscope_sdxl import batch
+from modelscope_sdxl import batch, cli
 from modelscope_sdxl.batch import MANIFEST, BatchError, read_items, run_batch
 from modelscope_sdxl.png import read_png_parameters
 
@@ -96,8 +96,9 @@ def leftover_temporary_files(out):
     return [f for f in os.listdir(out) if f.startswith('.tmp-')]
 
 
-def assert_same_run(out, reference, tolerance=2):
-    """Same manifest (modulo time and drawn seeds), same images for the same seeds, nothing else on disk."""
+def assert_same_run(out, reference, model, tolerance=2):
+    """Same manifest (modulo time and drawn seeds), same images for the same seeds, nothing else on disk;
+    every PNG holds its parameters and names `model`."""
     records, expected = manifest_records(out), manifest_records(reference)
     assert [r['id'] for r in records] == [r['id'] for r in expected]
     assert len({r['id'] for r in records}) == len(records)  # every item exactly once
@@ -105,7 +106,7 @@ def assert_same_run(out, reference, tolerance=2):
     files = []
     for record, ref in zip(records, expected):
         for name, ref_name in zip(record.get('files', []), ref.get('files', [])):
-            assert read_png_parameters(os.path.join(out, name)) == record['parameters']
+            assert read_png_parameters(os.path.join(out, name)) == {**record['parameters'], 'model': model}
             if 'seed' in record['input']:
                 diff = np.abs(read_rgb(os.path.join(out, name)) - read_rgb(os.path.join(reference, ref_name)))
                 assert diff.max() <= tolerance, (name, int(diff.max()))
@@ -173,7 +174,7 @@ def test_ray_run_makes_the_same_images_and_manifest(local_run, prompts, tiny_sdx
     result = run_batch(prompts, out, model=tiny_sdxl[0], ray_address='auto', workers=2, log=logged.append)
     assert (result.ok, result.invalid, result.failed, result.recorded) == (GENERATED, 5, 0, 10)
     assert any(line.startswith('ray: 2 worker(s), each 1 CPU and 0 GPU, device cpu') for line in logged)
-    assert_same_run(out, reference)
+    assert_same_run(out, reference, tiny_sdxl[0])
 
 
 def test_an_interrupted_ray_run_resumes_with_every_item_once(local_run, prompts, tiny_sdxl, ray_instance,
@@ -208,7 +209,7 @@ def test_an_interrupted_ray_run_resumes_with_every_item_once(local_run, prompts,
     result = run_batch(prompts, out, model=tiny_sdxl[0], ray_address='auto', workers=2, log=lambda _: None)
     assert result.skipped == len(records) - sum(r['status'] == 'failed' for r in records)
     assert result.recorded == 10 - result.skipped and result.ok == GENERATED
-    assert_same_run(out, reference)
+    assert_same_run(out, reference, tiny_sdxl[0])
 
 
 def test_a_killed_command_resumes_with_every_item_once_and_no_temporary_files(local_run, prompts, tiny_sdxl,
@@ -247,7 +248,7 @@ def test_a_killed_command_resumes_with_every_item_once_and_no_temporary_files(lo
     assert done.returncode == 1, done.stderr  # 1: some lines are invalid
     assert 'removed 1 temporary file(s) left by an interrupted run' in done.stderr
     assert f'{len(records)} of 10 item(s) already recorded by an earlier run' in done.stderr
-    assert_same_run(out, reference)
+    assert_same_run(out, reference, tiny_sdxl[0])
 
 
 def test_a_changed_line_is_made_again_and_its_old_files_removed(sdxl_pipe, tmp_path):
@@ -310,3 +311,26 @@ def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch,
     assert batch.main([str(prompts), '--out', str(tmp_path / 'out'), '--ray', 'auto']) == 2
     assert "pip install 'modelscope-sdxl[ray]'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'out')  # refused before touching anything
+
+
+def test_without_a_model_the_batch_draws_with_the_mini_model(tmp_path):
+    from modelscope_sdxl.mini_scenes import read_image
+
+    wanted = {'red-on-blue': ('red', 'blue'), 'yellow-on-black': ('yellow', 'black')}
+    path = tmp_path / 'shapes.jsonl'
+    path.write_text(''.join(json.dumps({'id': key, 'text': f'a {fg} circle on a {bg} background', 'seed': 5}) + '\n'
+                            for key, (fg, bg) in wanted.items()), encoding='utf-8')
+    out = str(tmp_path / 'out')
+    run_batch(str(path), out, log=lambda _: None)
+    records = manifest_records(out)
+    assert [(r['id'], r['status']) for r in records] == [(key, 'ok') for key in wanted]
+    for record in records:
+        (name,) = record['files']
+        png = os.path.join(out, name)
+        assert read_png_parameters(png)['model'] == 'mini'
+        seen = read_image(np.asarray(Image.open(png).convert('RGB')))
+        assert (seen.colour, seen.background) == wanted[record['id']]
+    # The PNG names its model, so `generate --from-png` makes the same pixels again.
+    again = str(tmp_path / 'again.png')
+    assert cli.main(['generate', '--from-png', png, '--out', again, '--quiet']) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(png)))
