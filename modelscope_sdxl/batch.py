@@ -36,7 +36,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .builtin_models import BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, source_record
+from .builtin_models import (BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, model_record,
+                             source_record)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -343,11 +344,7 @@ class PipelineSpec:
 
     def with_absolute_paths(self) -> 'PipelineSpec':
         """Local folders as absolute paths, so workers started elsewhere find them."""
-        def absolute(ref: Optional[str]) -> Optional[str]:
-            if ref and ref not in BUILTIN_MODELS and ref.lower() != 'none' and os.path.isdir(os.path.expanduser(ref)):
-                return os.path.abspath(os.path.expanduser(ref))
-            return ref
-        return dataclasses.replace(self, model=absolute(self.model), refiner=absolute(self.refiner))
+        return dataclasses.replace(self, model=model_record(self.model), refiner=model_record(self.refiner))
 
     def build(self) -> Any:
         import modelscope_sdxl  # noqa: F401  (registers the pipeline)

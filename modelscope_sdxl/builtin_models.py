@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Optional
 MINI_MODEL = 'mini'
 TINY_MODEL = 'tiny'
 DEFAULT_MODEL = MINI_MODEL
+# What a PNG records besides the parameters: where its model came from.
+SOURCE_KEYS = ('model', 'model_revision', 'refiner', 'refiner_revision')
 
 
 def default_cache_dir() -> str:
@@ -62,7 +64,8 @@ def looks_local(ref: str) -> bool:
 
 
 def model_record(ref: Optional[str]) -> Optional[str]:
-    """How a PNG names a model or refiner: a built-in name, 'none', a hub id, or an absolute folder."""
+    """A model or refiner reference that means the same from any working directory: a built-in name,
+    'none', a hub id, or an absolute folder. PNGs record it; Ray workers are given it."""
     if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not looks_local(ref):
         return ref
     return os.path.abspath(os.path.expanduser(ref))
@@ -71,6 +74,5 @@ def model_record(ref: Optional[str]) -> Optional[str]:
 def source_record(model: Optional[str], revision: Optional[str], refiner: Optional[str],
                   refiner_revision: Optional[str]) -> Dict[str, Any]:
     """What a PNG records besides its parameters, so that ``--from-png`` finds the same model again."""
-    record = {'model': model_record(model), 'model_revision': revision,
-              'refiner': model_record(refiner), 'refiner_revision': refiner_revision}
-    return {k: v for k, v in record.items() if v is not None}
+    values = (model_record(model), revision, model_record(refiner), refiner_revision)
+    return {k: v for k, v in zip(SOURCE_KEYS, values) if v is not None}

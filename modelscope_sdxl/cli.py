@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .batch import add_batch_parser, batch_command
-from .builtin_models import (BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, looks_local,
-                             source_record)
+from .builtin_models import (BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, SOURCE_KEYS, builtin_model_folder,
+                             looks_local, source_record)
 from .parameters import PARAMS, PARAMS_BY_NAME
 
 PROG = 'modelscope-sdxl'
@@ -42,8 +42,6 @@ DESCRIPTION = ('SDXL base + refiner on ModelScope: images from a prompt, written
                'their parameters.')
 # Short flags for the parameters typed most often.
 ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images']}
-# What a PNG records besides the parameters: where its model came from.
-SOURCE_KEYS = ('model', 'model_revision', 'refiner', 'refiner_revision')
 # Loggers whose INFO/WARNING lines are noise on a command line.
 _NOISY_LOGGERS = ('modelscope', 'modelscope_hub')
 
