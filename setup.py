@@ -8,8 +8,9 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['modelscope_sdxl', 'modelscope_sdxl.*']),
     # The mini model's folders (docs/mini-model.md) ship inside the package: the default model.
-    package_data={'modelscope_sdxl.mini_model': [
-        'training_log.json', '*/*.json', '*/*/*.json', '*/*/*.txt', '*/*/*.safetensors']},
+    package_data={'modelscope_sdxl.mini': [
+        'model/training_log.json', 'model/*/*.json', 'model/*/*/*.json', 'model/*/*/*.txt',
+        'model/*/*/*.safetensors']},
     zip_safe=False,
     python_requires='>=3.9',
     # torch is not pinned to a build: install the one for your machine first (see README).
@@ -37,6 +38,6 @@ setup(
     entry_points={
         'console_scripts': ['modelscope-sdxl=modelscope_sdxl.cli:main'],
         # Loaded by the `modelscope` command: `modelscope sdxl ...`, and our pipeline for `modelscope server`.
-        'modelscope_hub.cli_plugins': ['sdxl=modelscope_sdxl.modelscope_plugin:SDXLCommand'],
+        'modelscope_hub.cli_plugins': ['sdxl=modelscope_sdxl.cli.plugin:SDXLCommand'],
     },
 )

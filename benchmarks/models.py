@@ -12,7 +12,7 @@ import os
 import shutil
 from typing import Any, Dict, Tuple
 
-from modelscope_sdxl.tiny_models import build_sdxl_pair, build_tiny_sdxl, tiny_configs
+from modelscope_sdxl.mini.sdxl_folders import build_sdxl_pair, build_tiny_sdxl, tiny_configs
 
 
 def full_configs(path: str) -> Dict[str, Dict[str, Any]]:
@@ -54,7 +54,7 @@ def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0) -> 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from modelscope_sdxl.tiny_models import text_encoder_config
+    from modelscope_sdxl.mini.sdxl_folders import text_encoder_config
 
     base_dir, refiner_dir = os.path.join(root, 'base'), os.path.join(root, 'refiner')
     marker = os.path.join(root, '.complete')

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .loading import SDXLComponents, with_modules
+from .components import SDXLComponents, with_modules
 from .parameters import GenerationRequest
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
+from .hub import resolve_folder
+
 LORA_TARGETS = ('base', 'refiner', 'both')
 
 
@@ -66,8 +68,6 @@ def parse_lora(lora: Any) -> List[LoraSpec]:
 
 def _locate(spec: LoraSpec, allow_pickle: bool) -> tuple:
     """(folder, weight file name) of a LoRA, fetching a hub id through ModelScope's client."""
-    from .loading import resolve_folder
-
     if os.path.isfile(os.path.expanduser(spec.path)):
         folder, name = os.path.split(os.path.abspath(os.path.expanduser(spec.path)))
     else:

@@ -10,7 +10,8 @@ from modelscope.utils.device import create_device
 
 from .generation import generate
 from .lora import parse_lora
-from .loading import REFINER_FILES, check_device, files_to_fetch, load_components, resolve_folder
+from .hub import REFINER_FILES, check_device, files_to_fetch, resolve_folder
+from .loading import load_components
 from .names import MODEL_TYPE, TASK
 from .parameters import GenerationRequest, ModelLimits
 
@@ -61,11 +62,8 @@ class SDXLModel(TorchModel):
         super().__init__(model_dir, device=check_device(device))
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
-        self.refiner_id, self.refiner_revision = ref, revision
         refiner_files = files_to_fetch(REFINER_FILES, allow_pickle)
         refiner_dir = resolve_folder(ref, revision, refiner_files, relative_to=model_dir) if ref else None
-        self.refiner_dir = refiner_dir
-        self.lora = lora_specs
         self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
                                           allow_pickle=allow_pickle, memory_mode=memory_mode,
                                           compile_unet=compile_unet, vae_tiling=vae_tiling)

@@ -189,7 +189,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_value(p: Param, value: Any) -> Any:
+def check_value(p: Param, value: Any) -> Any:
     """Type and range check of one value; returns it normalised (int/float/str/bool/tuple)."""
     if value is None:
         if p.nullable:
@@ -267,19 +267,25 @@ def bucket_for_aspect_ratio(aspect_ratio: str, native_size: int, multiple: int) 
     return snap(bh), snap(bw)
 
 
-def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
-    """Check every parameter against the table and the loaded model; fill in defaults."""
+def check_names(raw: Mapping[str, Any], where: str = '') -> None:
+    """Refuse names that are not parameters (a typo must not be silently ignored). `where` prefixes the
+    message with the input's origin, such as a PNG file."""
     unknown = sorted(set(raw) - set(PARAMS_BY_NAME) - set(CALL_ONLY))
     if unknown:
-        raise ValueError(f'unknown parameter(s) {", ".join(map(repr, unknown))}; '
+        raise ValueError(f'{where}unknown parameter(s) {", ".join(map(repr, unknown))}; '
                          f'known parameters: {", ".join(known_parameters())}')
+
+
+def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
+    """Check every parameter against the table and the loaded model; fill in defaults."""
+    check_names(raw)
     if 'text' not in raw:
         raise ValueError("text is required: pass the prompt as {'text': 'a dog'}")
     callback = raw.get('callback')
     if callback is not None and not callable(callback):
         raise TypeError(f'callback must be callable as callback(stage, step, total_steps), '
                         f'got {type(callback).__name__}')
-    v = {p.name: _check_value(p, raw[p.name]) if p.name in raw else p.default for p in PARAMS}
+    v = {p.name: check_value(p, raw[p.name]) if p.name in raw else p.default for p in PARAMS}
     if v['text'] is None:
         raise ValueError('text must be a string, got None')
 

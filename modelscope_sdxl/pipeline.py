@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
 
 from modelscope.outputs import OutputKeys
 from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 
-from .loading import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
+from .hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
 from .model import MODEL_ARGS, SDXLModel
 from .names import PIPELINE_TYPE, TASK
-from .output import to_bgr_arrays
 from .parameters import merge_inputs, validate
 
 # Keys ModelScope's `pipeline()` builder passes to every pipeline.
@@ -89,3 +91,10 @@ class SDXLPipeline(Pipeline):
         request = inputs['request']
         return {OutputKeys.OUTPUT_IMGS: to_bgr_arrays(inputs['images']), 'seed': request.seed,
                 'parameters': request.parameters()}
+
+
+def to_bgr_arrays(images: torch.Tensor) -> List[np.ndarray]:
+    """(N, 3, H, W) RGB floats in [0, 1] -> N H x W x 3 BGR uint8 C-contiguous arrays: what ModelScope's
+    image tasks return and cv2 writes. Rounds like diffusers' ``numpy_to_pil``, so pixels match it."""
+    rgb = (images.permute(0, 2, 3, 1).float().numpy() * 255).round().astype(np.uint8)
+    return [np.ascontiguousarray(img[:, :, ::-1]) for img in rgb]

@@ -124,7 +124,3 @@ def is_installed() -> bool:
     current = module.LazyImportModule.__dict__.get('get_ast_index')
     return bool(getattr(getattr(current, '__func__', None), _MARK, False))
 
-
-def register_now() -> None:
-    """Import the model and pipeline modules, registering both classes at once (not lazily)."""
-    from . import model, pipeline  # noqa: F401

@@ -7,7 +7,7 @@ import torch
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl.tiny_models import build_tiny_sdxl
+from modelscope_sdxl.mini.sdxl_folders import build_tiny_sdxl
 
 # The tiny networks are far too small to gain from threads; on a small machine shared with other
 # work, torch's worker threads only spin against each other. Ours and the diffusers reference both

@@ -328,7 +328,7 @@ def build_hub_repos(root: str) -> Dict[str, Any]:
     Revision v1.0.0 has seed-0 weights, v2.0.0 seed-1 weights; each base's configuration.json
     names the refiner by hub id at its own tag. `master` is a branch at v2.0.0's content.
     """
-    from modelscope_sdxl.tiny_models import build_sdxl_pair
+    from modelscope_sdxl.mini.sdxl_folders import build_sdxl_pair
 
     local = {}
     for seed, tag in enumerate(TAGS):

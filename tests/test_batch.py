@@ -11,9 +11,10 @@ import pytest
 import ray  # an import error fails this module: the Ray path is tested, never skipped
 from PIL import Image
 
-from modelscope_sdxl import batch, cli
-from modelscope_sdxl.batch import MANIFEST, BatchError, read_items, run_batch
-from modelscope_sdxl.png import read_png_parameters
+from modelscope_sdxl import cli
+from modelscope_sdxl.cli import files
+from modelscope_sdxl.cli.batch import MANIFEST, BatchError, read_items, run_batch
+from modelscope_sdxl.cli.png import read_png_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,7 +218,7 @@ def test_a_killed_command_resumes_with_every_item_once_and_no_temporary_files(lo
     reference, _, _ = local_run
     out = str(tmp_path / 'killed')
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    command = [sys.executable, '-m', 'modelscope_sdxl.batch', prompts, '--out', out, '--model', tiny_sdxl[0],
+    command = [sys.executable, '-m', 'modelscope_sdxl', 'batch', prompts, '--out', out, '--model', tiny_sdxl[0],
                '--device', 'cpu']
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = os.path.join(out, MANIFEST)
@@ -241,7 +242,7 @@ def test_a_killed_command_resumes_with_every_item_once_and_no_temporary_files(lo
     open(os.path.join(out, '.tmp-interrupted.png'), 'wb').write(b'\x89PNG\r\n')
 
     # Resume with the same command, checking that the run here never imports Ray.
-    code = ('import sys; from modelscope_sdxl.batch import main; rc = main(sys.argv[1:]); '
+    code = ('import sys; from modelscope_sdxl.cli import main; rc = main(sys.argv[1:]); '
             "assert 'ray' not in sys.modules, 'the local path imported ray'; sys.exit(rc)")
     done = subprocess.run([sys.executable, '-c', code] + command[3:], env=env, capture_output=True, text=True,
                           timeout=120)
@@ -296,7 +297,7 @@ def test_two_runs_cannot_write_to_one_folder(tmp_path):
     prompts.write_text('{"text": "a dog"}\n')
     out = str(tmp_path / 'out')
     os.makedirs(out)
-    with batch._flock(out, busy='held'):
+    with files.flock(out, busy=BatchError('held')):
         with pytest.raises(BatchError, match='another batch run is writing to'):
             run_batch(str(prompts), out, log=lambda _: None)
 
@@ -308,13 +309,13 @@ def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch,
     monkeypatch.setitem(sys.modules, 'ray.data', None)
     with pytest.raises(BatchError, match=r"--ray needs Ray.*pip install 'modelscope-sdxl\[ray\]'"):
         run_batch(str(prompts), str(tmp_path / 'out'), ray_address='local')
-    assert batch.main([str(prompts), '--out', str(tmp_path / 'out'), '--ray', 'auto']) == 2
+    assert cli.main(['batch', str(prompts), '--out', str(tmp_path / 'out'), '--ray', 'auto']) == 2
     assert "pip install 'modelscope-sdxl[ray]'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'out')  # refused before touching anything
 
 
 def test_without_a_model_the_batch_draws_with_the_mini_model(tmp_path):
-    from modelscope_sdxl.mini_scenes import read_image
+    from modelscope_sdxl.mini.scenes import read_image
 
     wanted = {'red-on-blue': ('red', 'blue'), 'yellow-on-black': ('yellow', 'black')}
     path = tmp_path / 'shapes.jsonl'

@@ -15,9 +15,10 @@ from PIL import Image
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl import cli
-from modelscope_sdxl.mini_model import mini_model_dir
-from modelscope_sdxl.mini_scenes import read_image
-from modelscope_sdxl.png import JSON_KEY, read_png_parameters, save_png
+from modelscope_sdxl.mini import mini_model_dir
+from modelscope_sdxl.mini.scenes import read_image
+from modelscope_sdxl.cli.png import JSON_KEY, read_png_parameters, save_png
+from modelscope_sdxl.cli.sources import SOURCE_KEYS
 
 from hub_fixtures import hub, hub_repos, hub_server  # noqa: F401  (fixtures)
 from hub_stub import BASE_DECOYS, BASE_ID, REFINER_ID
@@ -42,7 +43,7 @@ def read_bgr(path):
 
 def call_parameters(record):
     """A PNG's record without the model keys: the pipeline input that made it."""
-    return {k: v for k, v in record.items() if k not in cli.SOURCE_KEYS}
+    return {k: v for k, v in record.items() if k not in SOURCE_KEYS}
 
 
 def assert_one_line_error(err, expected):
@@ -228,7 +229,7 @@ def test_hub_errors_end_in_one_line_unreachable_hub_exits_1_unknown_repo_exits_2
 def test_a_subcommand_is_one_entry_of_the_list_for_both_commands(monkeypatch, capsys):
     import argparse
 
-    from modelscope_sdxl.modelscope_plugin import SDXLCommand
+    from modelscope_sdxl.cli.plugin import SDXLCommand
 
     def add_parser(subparsers):
         parser = subparsers.add_parser('hello', help='greet')

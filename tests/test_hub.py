@@ -19,7 +19,7 @@ import requests
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl.loading import BASE_FILES, REFINER_FILES
+from modelscope_sdxl.hub import BASE_FILES, REFINER_FILES
 from modelscope_sdxl.names import PIPELINE_TYPE
 
 from hub_fixtures import hub, hub_environment, hub_repos, hub_server  # noqa: F401  (fixtures)
@@ -82,7 +82,7 @@ def model_card(hub_server, hub_repos, tmp_path_factory):
             start = len(hub_server.requests)
             pipe = pipeline(task=TASK, model=BASE_ID, model_revision=tag, device='cpu')
             made = hub_server.requests[start:]
-            runs.hub[tag] = Run(pipe.model.model_dir, pipe.model.refiner_dir, pipe(dict(CALL))['output_imgs'], made)
+            runs.hub[tag] = Run(pipe.model.model_dir, pipe.model.components.refiner_dir, pipe(dict(CALL))['output_imgs'], made)
         start = len(hub_server.requests)
         for tag in TAGS:
             runs.local[tag] = local_images(*hub_repos['local'][tag])
@@ -156,7 +156,7 @@ def test_local_folders_need_no_hub(model_card):
 def test_refiner_revision_argument_overrides_configuration(hub, hub_repos):
     pipe = pipeline(task=TASK, model=BASE_ID, model_revision='v1.0.0', refiner_revision='v2.0.0', device='cpu')
     assert pipe.model.model_dir == hub.snapshot(BASE_ID, 'v1.0.0')
-    assert pipe.model.refiner_dir == hub.snapshot(REFINER_ID, 'v2.0.0')
+    assert pipe.model.components.refiner_dir == hub.snapshot(REFINER_ID, 'v2.0.0')
     assert {rev for _, rev, _ in hub.stub.downloads(REFINER_ID)} == {'v2.0.0'}
     expected = local_images(hub_repos['local']['v1.0.0'][0], hub_repos['local']['v2.0.0'][1])
     assert max_difference(pipe(dict(CALL))['output_imgs'], expected) <= 2
@@ -196,7 +196,7 @@ def test_ignore_file_pattern_limits_the_builders_base_download_to_what_sdxl_read
     served_base, served_refiner = hub_repos['local']['v1.0.0']
     assert files_in(pipe.model.model_dir) == selected(served_base, BASE_FILES)
     assert not files_in(pipe.model.model_dir) & set(BASE_DECOYS)
-    assert files_in(pipe.model.refiner_dir) == selected(served_refiner, REFINER_FILES)
+    assert files_in(pipe.model.components.refiner_dir) == selected(served_refiner, REFINER_FILES)
     fetched = {path for repo, _, path in hub.stub.downloads() if repo == BASE_ID}
     assert fetched == selected(served_base, BASE_FILES)
 
@@ -207,10 +207,10 @@ def test_pipeline_name_path_downloads_only_what_sdxl_reads(hub, hub_repos):
     configuration.json names the refiner at v2.0.0."""
     pipe = pipeline(task=TASK, model=BASE_ID, pipeline_name=PIPELINE_TYPE, device='cpu')
     assert pipe.model.model_dir == hub.snapshot(BASE_ID, 'master')
-    assert pipe.model.refiner_dir == hub.snapshot(REFINER_ID, 'v2.0.0')
+    assert pipe.model.components.refiner_dir == hub.snapshot(REFINER_ID, 'v2.0.0')
     served_base, served_refiner = hub_repos['local']['v2.0.0']
     assert files_in(pipe.model.model_dir) == selected(served_base, BASE_FILES)
-    assert files_in(pipe.model.refiner_dir) == selected(served_refiner, REFINER_FILES)
+    assert files_in(pipe.model.components.refiner_dir) == selected(served_refiner, REFINER_FILES)
     for repo, patterns, served in ((BASE_ID, BASE_FILES, served_base), (REFINER_ID, REFINER_FILES, served_refiner)):
         assert sorted(path for r, _, path in hub.stub.downloads() if r == repo) == sorted(selected(served, patterns))
 
@@ -220,7 +220,7 @@ def test_pipeline_name_path_downloads_the_base_at_the_revision_asked_for(hub, mo
     pipeline takes the base's revision as `revision=`."""
     pipe = pipeline(task=TASK, model=BASE_ID, pipeline_name=PIPELINE_TYPE, revision='v1.0.0', device='cpu')
     assert pipe.model.model_dir == hub.snapshot(BASE_ID, 'v1.0.0')
-    assert pipe.model.refiner_dir == hub.snapshot(REFINER_ID, 'v1.0.0')
+    assert pipe.model.components.refiner_dir == hub.snapshot(REFINER_ID, 'v1.0.0')
     assert {rev for _, rev, _ in hub.stub.downloads()} == {'v1.0.0'}
     assert max_difference(pipe(dict(CALL))['output_imgs'], model_card.local['v1.0.0']) <= 2
 
@@ -257,7 +257,7 @@ def test_with_the_hub_stopped_the_refiner_named_by_configuration_comes_from_the_
     by hub id was downloaded before, so it loads from the cache when the hub cannot be reached."""
     with hub_stopped(hub_server, model_card.cache) as env:
         pipe = pipeline(task=TASK, model=model_card.hub['v1.0.0'].model_dir, device='cpu')
-        assert pipe.model.refiner_dir == env.snapshot(REFINER_ID, 'v1.0.0')
+        assert pipe.model.components.refiner_dir == env.snapshot(REFINER_ID, 'v1.0.0')
         assert max_difference(pipe(dict(CALL))['output_imgs'], model_card.hub['v1.0.0'].images) <= 2
 
 

@@ -10,9 +10,9 @@ import pytest
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl.mini_model import mini_model_dir, mini_refiner_dir
-from modelscope_sdxl.mini_quality import evaluate, eval_scenes, score_images
-from modelscope_sdxl.mini_scenes import Scene, read_image, render
+from modelscope_sdxl.mini import mini_model_dir, mini_refiner_dir
+from modelscope_sdxl.mini.quality import evaluate, eval_scenes, score_images
+from modelscope_sdxl.mini.scenes import Scene, read_image, render
 
 BASE_PARTS = ('text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'unet', 'vae', 'scheduler')
 

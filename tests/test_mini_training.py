@@ -13,8 +13,8 @@ import pytest
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl import mini_training
-from modelscope_sdxl.mini_model import mini_model_dir
+from modelscope_sdxl.mini import train as mini_training
+from modelscope_sdxl.mini import mini_model_dir
 
 SHORT_RUN = dict(vae_steps=3, vae_full_steps=2, vae_batch=4, base_steps=4, text_steps=2, base_batch=8,
                  refiner_steps=2, refiner_batch=8, data_size=48, evaluate=False)

@@ -79,7 +79,7 @@ def test_refiner_folder_given_as_argument(tiny_sdxl, tmp_path):
     assert pipeline(task=Tasks.text_to_image_synthesis, model=str(base), device='cpu').model.components.refiner \
         is None
     pipe = pipeline(task=Tasks.text_to_image_synthesis, model=str(base), device='cpu', refiner=tiny_sdxl[1])
-    assert pipe.model.refiner_dir == tiny_sdxl[1]
+    assert pipe.model.components.refiner_dir == tiny_sdxl[1]
 
 
 def test_plain_diffusers_repo_chosen_by_pipeline_name(tiny_sdxl, tmp_path, diffusers_pair):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from modelscope_sdxl.png import a1111_text, parse_a1111_text, read_png_parameters, save_png
+from modelscope_sdxl.cli.png import a1111_text, parse_a1111_text, read_png_parameters, save_png
 
 PARAMS = {'text': 'a red circle', 'negative_prompt': 'blurry', 'num_inference_steps': 30, 'guidance_scale': 5.0,
           'seed': 123, 'height': 64, 'width': 80, 'refiner_mode': 'ensemble', 'high_noise_frac': 0.8,

@@ -217,7 +217,7 @@ def test_the_plugin_keeps_the_modelscope_command_light(tmp_path):
     parser, nothing heavy. The pipeline's name is known to ModelScope before its module is imported."""
     script = '''
 import json, sys
-import modelscope_sdxl.modelscope_plugin
+import modelscope_sdxl.cli.plugin
 alone = [m for m in ('torch', 'modelscope', 'diffusers', 'numpy') if m in sys.modules]
 from modelscope_hub.cli.main import _build_parser
 parser = _build_parser()
@@ -239,7 +239,7 @@ print(json.dumps({'alone': alone, 'heavy': heavy, 'entries': entries, 'command':
         'entries': {"('MODELS', 'text-to-image-synthesis', 'sdxl-base-refiner')": 'modelscope_sdxl.model',
                     "('PIPELINES', 'text-to-image-synthesis', 'sdxl-base-refiner-pipeline')":
                         'modelscope_sdxl.pipeline'},
-        'command': 'modelscope_sdxl.modelscope_plugin'}
+        'command': 'modelscope_sdxl.cli.plugin'}
 
 
 def test_registration_adds_the_names_to_an_index_that_is_already_loaded():

@@ -1,18 +1,18 @@
 """Train the mini SDXL (base + refiner) from scratch on shapes this script draws itself.
 
-    python -m modelscope_sdxl.mini_training --out DIR
+    python -m modelscope_sdxl.mini.train --out DIR
 
 writes DIR/base and DIR/refiner in the hub layout (the same diffusers classes,
-folders and configuration.json as the real repos, via tiny_models.save_sdxl_pair)
+folders and configuration.json as the real repos, via sdxl_folders.save_sdxl_pair)
 and DIR/training_log.json. Everything is seeded; the defaults reproduce the
-weights shipped in modelscope_sdxl/mini_model (docs/mini-model.md has the run's
+weights shipped in modelscope_sdxl/mini/model (docs/mini-model.md has the run's
 time and figures). Stages, all on the CPU:
 
 1. VAE: AutoencoderKL with SDXL's four blocks (scale factor 8: 64 px -> 8x8x4),
    trained on L1 + L2 reconstruction plus a small KL term, first on 32 px
    crops, then on whole images; its ``scaling_factor`` is then set to
    1 / std of the latents, as SD/SDXL chose theirs.
-2. Latent data set: random scenes from mini_scenes' grammar, drawn, encoded
+2. Latent data set: random scenes from scenes.py's grammar, drawn, encoded
    once (posterior mean and std), with their prompts and micro-conditioning.
 3. Base: UNet2DConditionModel with SDXL's text-time conditioning (pooled text
    embedding + 6 time ids), epsilon prediction on the whole 1000-step schedule
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mini_scenes import Scene, random_scenes, render
-from .tiny_models import (PROMPT_WORDS, SDXL_SCHEDULER, clip_tokenizers, pair_configs, save_sdxl_pair,
+from .scenes import Scene, random_scenes, render
+from .sdxl_folders import (PROMPT_WORDS, SDXL_SCHEDULER, clip_tokenizers, pair_configs, save_sdxl_pair,
                           text_encoder_config)
 
 IMAGE_SIZE = 64
@@ -82,7 +82,7 @@ SIZE_PROBS = (0.7, 0.15, 0.15)
 
 
 def mini_configs() -> Dict[str, Dict[str, Any]]:
-    """Component configs of the mini pair, in the layout of tiny_models.tiny_configs()."""
+    """Component configs of the mini pair, in the layout of sdxl_folders.tiny_configs()."""
     return pair_configs(MINI_TEXT_ENCODER, MINI_TEXT_ENCODER_2, MINI_VAE, MINI_UNET)
 
 
@@ -442,7 +442,7 @@ def train(out: str, seed: int = 0, vae_steps: int = 4000, vae_full_steps: int = 
     torch.manual_seed(seed)
     configs = mini_configs()
     record: Dict[str, Any] = {
-        'command': 'python -m modelscope_sdxl.mini_training ' + ' '.join(sys.argv[1:]),
+        'command': 'python -m modelscope_sdxl.mini.train ' + ' '.join(sys.argv[1:]),
         'seed': seed, 'threads_per_process': threads, 'torch': torch.__version__,
         'machine': platform.processor() or platform.machine(), 'cpu_count': os.cpu_count(),
         'steps': {'vae_crops': [vae_steps, vae_batch], 'vae_full': [vae_full_steps, vae_batch],
@@ -523,7 +523,7 @@ def train(out: str, seed: int = 0, vae_steps: int = 4000, vae_full_steps: int = 
     _check_encoding(base_dir, tokens, te1, te2)
 
     if evaluate:
-        from .mini_quality import evaluate_folder
+        from .quality import evaluate_folder
         record['quality'] = evaluate_folder(base_dir)
         for mode, report in record['quality'].items():
             log(f'{mode}: {report}')
@@ -548,7 +548,7 @@ def _check_encoding(base_dir: str, tokens: Tokens, te1: Any, te2: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m modelscope_sdxl.mini_training',
+    parser = argparse.ArgumentParser(prog='python -m modelscope_sdxl.mini.train',
                                      description=(__doc__ or '').split('\n')[0])
     parser.add_argument('--out', required=True, help='output folder; base/ and refiner/ are written inside')
     parser.add_argument('--seed', type=int, default=0)

@@ -1,13 +1,13 @@
 """Measured quality of the mini model: do the pixels show the colours the prompt asks for?
 
-A fixed set of prompts from the mini grammar (mini_scenes), one seed each, is
+A fixed set of prompts from the mini grammar (scenes.py), one seed each, is
 run through a pipeline in each refiner mode. From every returned BGR array the
-background colour and the shape colour are read back (mini_scenes.read_image)
+background colour and the shape colour are read back (scenes.read_image)
 and compared with the prompt. ``colours`` -- the headline figure -- is the share
 of images where both match; the shape kind and its 3x3 grid cell are reported
 too, as are the median seconds per image.
 
-    python -m modelscope_sdxl.mini_quality [MODEL_DIR]
+    python -m modelscope_sdxl.mini.quality [MODEL_DIR]
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .mini_scenes import Scene, random_scenes, read_image
+from ..parameters import REFINER_MODES
+from .scenes import Scene, random_scenes, read_image
 
-MODES: Tuple[str, ...] = ('none', 'ensemble', 'sdedit')
 EVAL_SEED = 20240611
 EVAL_COUNT = 64
 
@@ -45,7 +45,7 @@ def score_images(scenes: Sequence[Scene], bgr_images: Sequence[np.ndarray]) -> D
     return {k: v / len(scenes) for k, v in hits.items()}
 
 
-def evaluate(pipe: Any, modes: Sequence[str] = MODES, count: int = EVAL_COUNT,
+def evaluate(pipe: Any, modes: Sequence[str] = REFINER_MODES, count: int = EVAL_COUNT,
              first_seed: int = 0, **params: Any) -> Dict[str, Dict[str, Any]]:
     """Run the fixed prompts (seed first_seed + i for prompt i) in each mode; score and time them.
 
@@ -66,13 +66,13 @@ def evaluate(pipe: Any, modes: Sequence[str] = MODES, count: int = EVAL_COUNT,
     return report
 
 
-def evaluate_folder(model_dir: Optional[str] = None, modes: Sequence[str] = MODES, count: int = EVAL_COUNT,
+def evaluate_folder(model_dir: Optional[str] = None, modes: Sequence[str] = REFINER_MODES, count: int = EVAL_COUNT,
                     **params: Any) -> Dict[str, Dict[str, Any]]:
     """`evaluate` on the ModelScope pipeline built from `model_dir` (default: the shipped mini model)."""
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
 
-    from .mini_model import mini_model_dir
+    from . import mini_model_dir
 
     pipe = pipeline(task=Tasks.text_to_image_synthesis, model=model_dir or mini_model_dir(), device='cpu')
     return evaluate(pipe, modes=modes, count=count, **params)

@@ -8,11 +8,11 @@ and ``modelscope-sdxl``, the exact JSON of the call's parameters, which
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
+
+from .files import atomic_write
 
 JSON_KEY = 'modelscope-sdxl'
 A1111_KEY = 'parameters'
@@ -95,22 +95,8 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     record = {**parameters, **(extra or {})}
     info.add_text(A1111_KEY, a1111_text(record))
     info.add_text(JSON_KEY, json.dumps(record, sort_keys=True))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.png', dir=folder)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; a PNG gets the usual mode
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(f, format='PNG', pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    rgb = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+    atomic_write(path, lambda f: rgb.save(f, format='PNG', pnginfo=info))
 
 
 def read_png_parameters(path: str) -> Dict[str, Any]:

@@ -22,9 +22,7 @@ from typing import Any
 
 from modelscope_hub.cli.base import CLICommand
 
-from .registration import install
-
-install()  # done by the package's __init__ already; explicit because this is what the plugin is for
+from . import DESCRIPTION, add_subcommands, run
 
 NAME = 'sdxl'
 
@@ -34,21 +32,14 @@ class SDXLCommand(CLICommand):
 
     name = NAME
 
-    def __init__(self, args: Namespace) -> None:
-        super().__init__(args)
-
     @staticmethod
     def register(subparsers: Any) -> None:
-        from .cli import DESCRIPTION, add_subcommands
-
         parser = subparsers.add_parser(NAME, help='SDXL base + refiner: generate images, print the parameter schema',
                                        description=DESCRIPTION)
         add_subcommands(parser)
         parser.set_defaults(_command=SDXLCommand)
 
     def execute(self) -> None:
-        from .cli import run
-
         _apply_hub_options(self.args)
         code = run(self.args)
         if code:

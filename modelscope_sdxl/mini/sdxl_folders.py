@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from .names import MODEL_TYPE, PIPELINE_TYPE, TASK
+from ..names import MODEL_TYPE, PIPELINE_TYPE, TASK
 
 # Words that become single tokens in the generated tokenizer, so prompts made of
 # them tokenize like they would with CLIP's real vocabulary.

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 import torch
 
-from .loading import with_modules
+from .components import with_modules
 
 MEMORY_MODES = ('auto', 'resident', 'lean', 'offload')
 
