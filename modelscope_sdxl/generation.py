@@ -122,11 +122,13 @@ def generate(components: SDXLComponents, request: GenerationRequest, progress_ba
     residency = components.residency
     use_refiner = request.refiner_mode != 'none'
     guidance = uses_guidance(request.guidance_scale, components.configs['unet'].get('time_cond_proj_dim'))
-    generator = torch.Generator('cpu').manual_seed(request.seed)
+    # One CPU generator per image (diffusers' list of generators), used by both stages: image i is the
+    # same whether it is made alone with its own seed or as part of a batch.
+    generators = [torch.Generator('cpu').manual_seed(seed) for seed in request.seeds]
     common: Dict[str, Any] = dict(
         num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
         guidance_rescale=request.guidance_rescale, num_images_per_prompt=request.num_images_per_prompt,
-        generator=generator, output_type='latent', original_size=request.original_size,
+        generator=generators, output_type='latent', original_size=request.original_size,
         crops_coords_top_left=request.crops_coords_top_left, target_size=request.target_size,
         negative_original_size=request.negative_original_size,
         negative_crops_coords_top_left=request.negative_crops_coords_top_left,

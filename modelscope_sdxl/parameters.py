@@ -88,8 +88,10 @@ PARAMS: Tuple[Param, ...] = (
           "'W:H' such as '16:9': picks SDXL's nearest trained size bucket, scaled to the model's native size. "
           'Not together with height or width.', nullable=True),
     Param('seed', 'integer', None, 'both',
-          'Seed of the CPU generator used by both stages. Without it a random seed is drawn and reported '
-          'in the output.', minimum=0, maximum=MAX_SEED, nullable=True),
+          'Seed of the first image: image i of the call has its own CPU generator seeded seed + i - 1 '
+          "(as AUTOMATIC1111 does), used by both stages, so any image can be made again alone. Without it a "
+          'random seed is drawn; the output reports it and every image\'s seed.',
+          minimum=0, maximum=MAX_SEED, nullable=True),
     Param('num_images_per_prompt', 'integer', 1, 'both', 'Images made from the prompt in this call.',
           minimum=1),
     Param('refiner_mode', 'string', None, 'refiner',
@@ -153,6 +155,11 @@ class GenerationRequest:
     negative_aesthetic_score: float
     clip_skip: Optional[int]
     callback: Optional[Callable[[str, int, int], Any]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def seeds(self) -> List[int]:
+        """Each image's own seed: seed, seed + 1, ... (A1111's rule; diffusers' list of generators)."""
+        return [self.seed + i for i in range(self.num_images_per_prompt)]
 
     def parameters(self) -> Dict[str, Any]:
         """Every parameter that shaped the images, the seed included: enough to make them again.
@@ -328,6 +335,9 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
                          'step; use more steps or a higher strength')
 
     seed_given = v['seed'] is not None
+    if seed_given and v['seed'] + images - 1 > MAX_SEED:
+        raise ValueError(f'seed must be <= {MAX_SEED - images + 1} for {images} images (image i uses seed + i - 1, '
+                         f"at most {MAX_SEED}), got {v['seed']}")
     values = {f.name: v[f.name] for f in dataclasses.fields(GenerationRequest)
               if f.name in v and f.name != 'text'}
     values.update(prompt=v['text'], refiner_mode=mode, num_images_per_prompt=images,

@@ -90,7 +90,7 @@ class SDXLPipeline(Pipeline):
     def postprocess(self, inputs: Dict[str, Any], **post_params: Any) -> Dict[str, Any]:
         request = inputs['request']
         return {OutputKeys.OUTPUT_IMGS: to_bgr_arrays(inputs['images']), 'seed': request.seed,
-                'parameters': request.parameters()}
+                'seeds': request.seeds, 'parameters': request.parameters()}
 
 
 def to_bgr_arrays(images: torch.Tensor) -> List[np.ndarray]:

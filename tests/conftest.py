@@ -55,7 +55,8 @@ def diffusers_images(pair, mode, prompt, seed, steps=10, num_images_per_prompt=1
         base.scheduler = cls.from_config(base.scheduler.config, **overrides)
         refiner.scheduler = cls.from_config(refiner.scheduler.config, **overrides)
     try:
-        generator = torch.Generator('cpu').manual_seed(seed)
+        # diffusers' list of generators: image i has its own, seeded seed + i.
+        generator = [torch.Generator('cpu').manual_seed(seed + i) for i in range(num_images_per_prompt)]
         common = dict(prompt=prompt, num_inference_steps=steps, num_images_per_prompt=num_images_per_prompt,
                       generator=generator, **shared)
         if mode == 'none':

@@ -82,7 +82,7 @@ def comparable(records):
     for r in records:
         r = {k: v for k, v in r.items() if k not in ('time', 'seconds')}
         if r['status'] == 'ok' and 'seed' not in r['input']:
-            assert isinstance(r.pop('seed'), int)
+            assert isinstance(r.pop('seed'), int) and isinstance(r.pop('seeds')[0], int)
             r['parameters'] = {k: v for k, v in r['parameters'].items() if k != 'seed'}
         result.append(r)
     return result
@@ -106,8 +106,9 @@ def assert_same_run(out, reference, model, tolerance=2):
     assert comparable(records) == comparable(expected)
     files = []
     for record, ref in zip(records, expected):
-        for name, ref_name in zip(record.get('files', []), ref.get('files', [])):
-            assert read_png_parameters(os.path.join(out, name)) == {**record['parameters'], 'model': model}
+        for k, (name, ref_name) in enumerate(zip(record.get('files', []), ref.get('files', []))):
+            assert read_png_parameters(os.path.join(out, name)) == {
+                **record['parameters'], 'seed': record['seeds'][k], 'num_images_per_prompt': 1, 'model': model}
             if 'seed' in record['input']:
                 diff = np.abs(read_rgb(os.path.join(out, name)) - read_rgb(os.path.join(reference, ref_name)))
                 assert diff.max() <= tolerance, (name, int(diff.max()))
@@ -132,12 +133,20 @@ def test_a_local_run_writes_pngs_with_their_parameters_and_a_manifest(local_run,
     assert sdedit['parameters']['refiner_mode'] == 'sdedit' and sdedit['parameters']['strength'] == 0.5
     for record in (red, square, sdedit, cat, tree):
         assert record['status'] == 'ok' and record['parameters']['seed'] == record['seed']
+        images = record['parameters']['num_images_per_prompt']
+        assert record['seeds'] == [record['seed'] + k for k in range(images)] == \
+            [read_png_parameters(os.path.join(out, name))['seed'] for name in record['files']]
         assert record['time'].endswith('+00:00') and record['seconds'] > 0
-        # The PNG carries the exact parameters, and they make the same pixels again.
-        again = sdxl_pipe(read_png_parameters(os.path.join(out, record['files'][0])))
+        # The call's parameters make the same pixels again...
+        again = sdxl_pipe(record['parameters'])
         for name, image in zip(record['files'], again['output_imgs']):
-            assert read_png_parameters(os.path.join(out, name)) == record['parameters']
             assert (read_rgb(os.path.join(out, name)) == image[:, :, ::-1]).all()
+        # ... and each PNG carries its own image's exact parameters, which make that image alone.
+        for k, name in enumerate(record['files']):
+            expected = {**record['parameters'], 'seed': record['seeds'][k], 'num_images_per_prompt': 1}
+            assert read_png_parameters(os.path.join(out, name)) == expected
+            alone = sdxl_pipe(expected)['output_imgs'][0][:, :, ::-1].astype(int)
+            assert np.abs(read_rgb(os.path.join(out, name)).astype(int) - alone).max() <= (2 if images > 1 else 0)
     # The line without a seed: the drawn seed is recorded and remakes the image.
     assert 'seed' not in tree['input'] and isinstance(tree['seed'], int)
     assert any(line.startswith('[') and ': 7-1.png (seed ' in line for line in logged)

@@ -90,21 +90,25 @@ def test_from_png_makes_the_same_pixels_again_and_flags_override_the_file(tiny_s
     assert code == 0
     made = [tmp_path / 'first-1.png', tmp_path / 'first-2.png']
     assert stdout.split() == [str(p) for p in made]
-    record = read_png_parameters(str(made[1]))
-    assert record == read_png_parameters(str(made[0]))
+    records = [read_png_parameters(str(path)) for path in made]
+    # Each file records its own image: the call's parameters with its seed and one image.
+    assert records[1] == {**records[0], 'seed': records[0]['seed'] + 1}
+    assert records[0]['num_images_per_prompt'] == 1
+    record = records[0]
     assert (record['scheduler'], record['crops_coords_top_left'], record['prompt_weighting']) == \
         ('dpmpp_2m', [8, 0], True)
 
-    again = tmp_path / 'again.png'
-    code, stdout, _ = run_cli(['generate', '--from-png', made[1], '--out', again, '--quiet'], capsys)
-    assert code == 0
-    for original, remade in zip(made, [tmp_path / 'again-1.png', tmp_path / 'again-2.png']):
-        assert np.array_equal(read_bgr(remade), read_bgr(original))
-        assert read_png_parameters(str(remade)) == record
+    for original, own in zip(made, records):
+        again = tmp_path / f'again-{own["seed"]}.png'
+        code, stdout, _ = run_cli(['generate', '--from-png', original, '--out', again, '--quiet'], capsys)
+        assert code == 0 and stdout.split() == [str(again)]
+        # The same picture (a batch's arithmetic may differ from one image's in the last bits).
+        assert np.abs(read_bgr(again).astype(int) - read_bgr(original).astype(int)).max() <= 2
+        assert read_png_parameters(str(again)) == own
 
     # Flags override the file's values; the rest of the file is kept.
     other = tmp_path / 'other.png'
-    code, _, _ = run_cli(['generate', '--from-png', made[0], '--seed', 5, '--num-images', 1,
+    code, _, _ = run_cli(['generate', '--from-png', made[0], '--seed', 5,
                           '--no-prompt-weighting', '--out', other, '--quiet'], capsys)
     assert code == 0
     changed = read_png_parameters(str(other))

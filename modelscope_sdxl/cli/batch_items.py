@@ -133,7 +133,7 @@ def read_items(path: str) -> List[Item]:
 
 
 def generate_item(pipe: Any, inputs: Dict[str, Any]) -> Tuple[Dict[str, Any], List[np.ndarray]]:
-    """Run one input: ({'status': 'ok', 'seed', 'parameters', 'seconds'}, BGR images), or
+    """Run one input: ({'status': 'ok', 'seed', 'seeds', 'parameters', 'seconds'}, BGR images), or
     ({'status': 'invalid' | 'failed', 'error': 'ValueError: ...'}, []).
 
     The pipeline refuses bad inputs with ValueError or TypeError naming the parameter: 'invalid',
@@ -146,5 +146,5 @@ def generate_item(pipe: Any, inputs: Dict[str, Any]) -> Tuple[Dict[str, Any], Li
     except Exception as exc:  # recorded for this line; the other lines go on
         status = 'invalid' if isinstance(exc, (ValueError, TypeError)) else 'failed'
         return {'status': status, 'error': f'{type(exc).__name__}: {exc}'}, []
-    return ({'status': 'ok', 'seed': output['seed'], 'parameters': output['parameters'],
+    return ({'status': 'ok', 'seed': output['seed'], 'seeds': output['seeds'], 'parameters': output['parameters'],
              'seconds': round(time.perf_counter() - start, 3)}, list(output['output_imgs']))

@@ -180,13 +180,13 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
 
 
 def save_images(output: Dict[str, Any], out: str, extra: Dict[str, Any]) -> List[str]:
-    """Write the pipeline output's images as PNG files carrying output['parameters'] and `extra`."""
-    from .png import save_png
+    """Write the pipeline output's images as PNG files, each carrying its own parameters and `extra`."""
+    from .png import image_parameters, save_png
 
     images = output['output_imgs']
     paths = output_paths(out, len(images))
-    for path, image in zip(paths, images):
-        save_png(path, image, output['parameters'], extra)
+    for path, image, parameters in zip(paths, images, image_parameters(output['parameters'], output['seeds'])):
+        save_png(path, image, parameters, extra)
     return paths
 
 
@@ -199,5 +199,6 @@ def generate_command(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     if not args.quiet:
-        print(f"seed: {output['seed']}", file=sys.stderr)
+        seeds = output['seeds']
+        print(f'seed: {seeds[0]}' if len(seeds) == 1 else f"seeds: {', '.join(map(str, seeds))}", file=sys.stderr)
     return 0

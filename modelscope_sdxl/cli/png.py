@@ -8,7 +8,7 @@ and ``modelscope-sdxl``, the exact JSON of the call's parameters, which
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -83,6 +83,12 @@ def _number(value: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def image_parameters(parameters: Dict[str, Any], seeds: List[int]) -> List[Dict[str, Any]]:
+    """Each image's own parameters: the call's, with that image's seed and one image, so that a file
+    makes exactly its own image again (image i of a call is made with its own generator)."""
+    return [{**parameters, 'seed': seed, 'num_images_per_prompt': 1} for seed in seeds]
 
 
 def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
