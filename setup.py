@@ -33,7 +33,9 @@ setup(
         # `modelscope-sdxl batch --ray`: Ray Data's actor pools (docs/batch.md).
         'ray': ['ray[data]>=2.51'],
         'test': ['pytest>=7', 'peft>=0.10', 'fastapi>=0.115,<0.120', 'starlette>=0.40,<0.49', 'uvicorn>=0.30',
-                 'ray[data]>=2.51'],
+                 'ray[data]>=2.51',
+                 # tests/test_a1111.py: an independent reader of A1111's PNG text.
+                 'sd-parsers>=0.6'],
     },
     entry_points={
         'console_scripts': ['modelscope-sdxl=modelscope_sdxl.cli:main'],
