@@ -88,9 +88,10 @@ def test_from_png_makes_the_same_pixels_again_and_flags_override_the_file(tiny_s
                                '--scheduler', 'dpmpp_2m', '--crops-coords-top-left', 8, 0, '--prompt-weighting',
                                '--out', first, '--quiet'], capsys)
     assert code == 0
-    made = [tmp_path / 'first-1.png', tmp_path / 'first-2.png']
-    assert stdout.split() == [str(p) for p in made]
+    # Several images: OUT-INDEX-SEED.png, each named with the seed that remakes it.
+    made = [tmp_path / name for name in stdout.split()]
     records = [read_png_parameters(str(path)) for path in made]
+    assert [p.name for p in made] == [f"first-{i + 1}-{r['seed']}.png" for i, r in enumerate(records)]
     # Each file records its own image: the call's parameters with its seed and one image.
     assert records[1] == {**records[0], 'seed': records[0]['seed'] + 1}
     assert records[0]['num_images_per_prompt'] == 1
@@ -163,14 +164,34 @@ def _bad_pngs(folder, base_dir):
     save_png(unknown, image, {'text': 'a dog', 'bogus': 1})
     wrong_type = os.path.join(folder, 'wrong-type.png')
     save_png(wrong_type, image, {'text': 'a dog', 'num_inference_steps': 'many'})
-    return {'plain': plain, 'not_png': not_png, 'unknown': unknown, 'wrong_type': wrong_type}
+    a1111_model = os.path.join(folder, 'a1111-model.png')
+    Image.new('RGB', (8, 8)).save(a1111_model, pnginfo=_text_chunk(
+        'parameters', 'a dog\nSteps: 4, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6, Seed: 9, '
+        'Size: 64x64, Model hash: 31e35c80fc, Model: sd_xl_base_1.0'))
+    a1111_sampler = os.path.join(folder, 'a1111-sampler.png')
+    Image.new('RGB', (8, 8)).save(a1111_sampler, pnginfo=_text_chunk(
+        'parameters', 'a dog\nSteps: 4, Sampler: Euler, Schedule type: Karras, CFG scale: 6, Seed: 9'))
+    return {'plain': plain, 'not_png': not_png, 'unknown': unknown, 'wrong_type': wrong_type,
+            'a1111_model': a1111_model, 'a1111_sampler': a1111_sampler}
 
 
 # (argv after 'generate', text expected in the error line). 'BASE' is the tiny base folder.
 BAD_COMMAND_LINES = [
     (['x', '--steps', 'abc'], "argument --num-inference-steps/--steps: invalid int value: 'abc'"),
-    (['x', '--scheduler', 'nope'], "argument --scheduler: invalid choice: 'nope'"),
+    (['x', '--scheduler', 'nope'], "argument --scheduler/--sampler: invalid choice: 'nope'"),
     (['x', '--bogus'], 'unrecognized arguments: --bogus'),
+    # A close typo gets a suggestion, for flags and choices alike.
+    (['x', '--cgf', '7'], 'unrecognized arguments: --cgf; did you mean --cfg?'),
+    (['x', '--sampler', 'eulr'], "invalid choice: 'eulr' (choose from 'euler', 'euler_ancestral', 'dpmpp_2m', "
+     "'dpmpp_2m_karras', 'dpmpp_2m_sde_karras', 'ddim', 'unipc', 'heun'); did you mean 'euler'?"),
+    (['x', '--batch-count', '0'], '--batch-count must be an integer >= 1, got 0'),
+    (['x', '--lora', 'MISSING'], 'no such file or folder'),
+    (['x', '--lora', 'loras/style.safetensors:0.5'], "no such file or folder 'loras/style.safetensors'"),
+    (['x <lora:style:0.5>'], "<lora:style>: no style.safetensors in --lora-dir '.'"),
+    (['--from-png', 'a1111_model'], "the file's model 'sd_xl_base_1.0' is neither a hub id (owner/name) nor a local "
+     'path (A1111 records checkpoint names); give the model with --model'),
+    (['--from-png', 'a1111_sampler'], "the file's sampler 'Euler with Schedule type Karras' has no equivalent here; "
+     'choose one with --sampler'),
     (['x', '--original-size', '64'], 'argument --original-size: expected 2 arguments'),
     ([], 'give a PROMPT, or --from-png FILE'),
     (['x', '--steps', '0'], 'num_inference_steps must be an integer >= 1 and <= 1000, got 0'),
@@ -191,9 +212,10 @@ BAD_COMMAND_LINES = [
     # Checked against the loaded model.
     (['x', '--model', 'BASE', '--height', '30'], 'height must be a multiple of 8 between 8 and 4096, got 30'),
     (['x', '--model', 'BASE', '--refiner-mode', 'sdedit', '--high-noise-frac', '0.5'],
-     "high_noise_frac applies only to refiner_mode='ensemble', not 'sdedit'"),
+     "high_noise_frac applies only to --refiner-mode ensemble, not 'sdedit'"),
     (['x', '--model', 'BASE', '--refiner', 'none', '--refiner-mode', 'ensemble'],
-     "refiner_mode='ensemble' needs a refiner"),
+     '--refiner-mode ensemble needs a refiner, and this pipeline has none; use --refiner-mode none or load one '
+     'with --refiner'),
 ]
 
 

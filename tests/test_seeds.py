@@ -31,7 +31,7 @@ def test_the_png_of_the_third_image_makes_that_image_alone(tiny_sdxl, tmp_path, 
                      '--num-images', '3', '--steps', '6', '--out', str(out)]) == 0
     captured = capsys.readouterr()
     assert 'seeds: 7, 8, 9' in captured.err
-    third = tmp_path / 'many-3.png'
+    third = tmp_path / 'many-3-9.png'  # OUT-INDEX-SEED.png
     record = read_png_parameters(str(third))
     assert (record['seed'], record['num_images_per_prompt']) == (9, 1)
     again = tmp_path / 'again.png'

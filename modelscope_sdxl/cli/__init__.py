@@ -21,8 +21,10 @@ from typing import Any, Callable, List, Optional
 
 from .batch import add_batch_parser, batch_command
 from .errors import exit_code, one_line
+from .flags import SuggestingParser
 from .generate import add_generate_parser, generate_command
 from .quiet import verbose
+from .words import in_cli_words
 
 PROG = 'modelscope-sdxl'
 DESCRIPTION = ('SDXL base + refiner on ModelScope: images from a prompt, written as PNG files that carry '
@@ -48,8 +50,23 @@ def schema_command(args: argparse.Namespace) -> int:
 
     from ..parameters import json_schema, parameters_markdown
 
-    print(parameters_markdown() if args.markdown else json.dumps(json_schema(), indent=2))
+    print_to_pipe(parameters_markdown() if args.markdown else json.dumps(json_schema(), indent=2))
     return 0
+
+
+def print_to_pipe(text: str) -> None:
+    """Print `text`; a reader that stops early (``schema | head``) ends the command quietly, as
+    ``cat`` does, instead of with a BrokenPipeError."""
+    import os
+
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would report the broken pipe then: point it at
+        # /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 #: Every subcommand, in the order ``--help`` lists them.
@@ -62,14 +79,15 @@ SUBCOMMANDS: List[Subcommand] = [
 
 def add_subcommands(parser: argparse.ArgumentParser) -> None:
     """Add every subcommand of :data:`SUBCOMMANDS` to `parser` (this CLI's, or ``modelscope sdxl``'s)."""
-    sub = parser.add_subparsers(dest='sdxl_command', metavar='COMMAND', required=True)
+    sub = parser.add_subparsers(dest='sdxl_command', metavar='COMMAND', required=True,
+                                parser_class=SuggestingParser)
     for command in SUBCOMMANDS:
         command.add_parser(sub).set_defaults(_sdxl_run=command.run)
     parser.set_defaults(_sdxl_prog=parser.prog)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser = SuggestingParser(prog=PROG, description=DESCRIPTION)
     add_subcommands(parser)
     return parser
 
@@ -88,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f'{prog}: error: {one_line(exc)}', file=sys.stderr)
+        print(f'{prog}: error: {in_cli_words(one_line(exc))}', file=sys.stderr)
         return exit_code(exc)
 
 

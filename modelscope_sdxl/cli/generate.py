@@ -13,17 +13,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from ..parameters import PARAMS, PARAMS_BY_NAME, bucket_for_aspect_ratio, check_names, check_value
+from ..parameters import MAX_SEED, PARAMS, PARAMS_BY_NAME, bucket_for_aspect_ratio, check_names, check_value
+from ..schedulers import SCHEDULER_NAMES
 from .errors import CommandError
+from .flags import draw_seed, sampler_name, seed_value, with_default
+from .lora_args import HUB_ID, LORA_KEY, add_lora_arguments, lora_for_pipeline
+from .outputs import OutputNames
 from .quiet import quiet_libraries, silent_stderr, verbose
-from .sources import DEFAULT_MODEL, SOURCE_KEYS, ModelSource, add_model_arguments
+from .sources import BUILTIN_MODELS, DEFAULT_MODEL, SOURCE_KEYS, ModelSource, add_model_arguments
+from .threads import use_cli_threads
 
-# Short flags for the parameters typed most often.
-ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images']}
+# Short flags for the parameters typed most often, and A1111's / diffusers' words for them.
+ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images'],
+           'guidance_scale': ['--cfg', '--cfg-scale'], 'scheduler': ['--sampler'], 'width': ['-W'],
+           'height': ['-H']}
+# Parameters whose flags read their value in their own way (cli/flags.py).
+VALUE_TYPES = {'seed': seed_value, 'scheduler': sampler_name}
+# Help lines the table's descriptions do not say for a command line.
+CLI_HELP = {'seed': ' -1: a random seed.',
+            'scheduler': " A1111's names are accepted too: 'DPM++ 2M Karras', 'Euler a'.",
+            'prompt_weighting': ' Here on by default whenever the prompt holds ( ) or [ ] (the Python API: off); '
+                                '--no-prompt-weighting reads them as text.'}
 
 
 def _flag(name: str) -> str:
@@ -37,16 +52,20 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
         if p.name == 'text':
             continue
         flags = [_flag(p.name)] + ALIASES.get(p.name, [])
+        help_text = p.description + CLI_HELP.get(p.name, '')
+        if p.choices:
+            help_text += ' One of: ' + ', '.join(p.choices) + '.'
+        help_text = with_default(help_text, p.default)
         if p.type == 'boolean':
             group.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=p.description)
+                               help=help_text)
         elif p.type == 'size':
-            group.add_argument(*flags, dest=p.name, type=int, nargs=2, default=None, help=p.description,
+            group.add_argument(*flags, dest=p.name, type=int, nargs=2, default=None, help=help_text,
                                metavar=('TOP', 'LEFT') if 'crops' in p.name else ('HEIGHT', 'WIDTH'))
         else:
-            kind = {'integer': int, 'number': float, 'string': str}[p.type]
+            kind = VALUE_TYPES.get(p.name) or {'integer': int, 'number': float, 'string': str}[p.type]
             group.add_argument(*flags, dest=p.name, type=kind, default=None, choices=list(p.choices) or None,
-                               help=p.description)
+                               metavar='NAME' if p.choices else None, help=help_text)
 
 
 def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,24 +78,21 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--from-png', metavar='FILE', default=None,
                         help="make the image of a PNG written by this command again: its prompt, parameters, "
                         'model and revisions; flags given alongside override them')
-    parser.add_argument('--out', default='result.png',
-                        help='output PNG (default: result.png); with several images, -1, -2, ... are added '
-                        'before .png')
+    parser.add_argument('-o', '--out', default='result.png',
+                        help='output PNG (default: result.png). Several images are named OUT-INDEX-SEED.png; '
+                        'an existing file is kept and the next free name used, unless --overwrite')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing files of the same name')
+    parser.add_argument('-n', '--batch-count', type=int, default=1, metavar='N',
+                        help='calls to make, one after the other (default: 1); call k starts at seed + k * '
+                        '--num-images, so every image has its own seed')
     parser.add_argument('--quiet', action='store_true',
                         help='nothing on stderr but errors: no download or progress bars, no seed line')
     parser.add_argument('--verbose', dest='sdxl_verbose', action='store_true',
                         help="keep the libraries' log lines and print a traceback on errors")
     add_model_arguments(parser, extra_model_help=". With --from-png: the file's model")
+    add_lora_arguments(parser)
     add_parameter_arguments(parser)
     return parser
-
-
-def output_paths(out: str, count: int) -> List[str]:
-    stem, ext = os.path.splitext(out)
-    ext = ext or '.png'
-    if count == 1:
-        return [stem + ext]
-    return [f'{stem}-{i + 1}{ext}' for i in range(count)]
 
 
 def _check_out(out: str) -> None:
@@ -132,14 +148,79 @@ def check_parameters(params: Dict[str, Any], source: str) -> None:
 
 @dataclass
 class GenerateJob:
-    parameters: Dict[str, Any]
+    """A checked ``generate`` command: what to call, how often, with which model and LoRAs."""
+    parameters: Dict[str, Any]  # as recorded in the PNGs (the prompt with its <lora:...> tags)
     source: ModelSource
+    encoded: Dict[str, Any] = field(default_factory=dict)  # as given to the pipeline (tags taken out)
+    lora: List[Dict[str, Any]] = field(default_factory=list)  # the pipeline's lora=
+    lora_record: List[Dict[str, Any]] = field(default_factory=list)  # what the PNGs record of --lora
+    batch_count: int = 1
+    notes: List[str] = field(default_factory=list)  # printed on stderr unless --quiet
+
+    def call_parameters(self, k: int) -> Dict[str, Any]:
+        """The pipeline input of call k of --batch-count: its first seed follows the previous call's."""
+        params = dict(self.encoded)
+        if k:
+            params['seed'] += k * params.get('num_images_per_prompt', 1)
+        return params
+
+
+_WEIGHTING = re.compile(r'[()\[\]]')
+
+
+def default_prompt_weighting(params: Dict[str, Any]) -> None:
+    """The command line reads A1111 weighting by default: on when a prompt holds ( ) or [ ] and
+    neither a flag nor the file said otherwise (the Python API's default stays off)."""
+    texts = [params.get(k) for k in ('text', 'prompt_2', 'negative_prompt', 'negative_prompt_2')]
+    if 'prompt_weighting' not in params and any(isinstance(t, str) and _WEIGHTING.search(t) for t in texts):
+        params['prompt_weighting'] = True
+
+
+def check_batch_count(args: argparse.Namespace, params: Dict[str, Any]) -> int:
+    """--batch-count, checked; with several calls the first seed is fixed now so that the rest follow."""
+    count = args.batch_count
+    if count < 1:
+        raise CommandError(f'--batch-count must be an integer >= 1, got {count}')
+    if count > 1 and params.get('seed') is None:
+        params['seed'] = draw_seed()
+    images = params.get('num_images_per_prompt', 1)
+    if params.get('seed') is not None and isinstance(images, int) and \
+            params['seed'] + count * images - 1 > MAX_SEED:
+        raise CommandError(f'--seed {params["seed"]} with --batch-count {count} x --num-images {images} passes the '
+                           f'largest seed, {MAX_SEED}')
+    return count
+
+
+def file_model(model: Any, args: argparse.Namespace, notes: List[str]) -> Any:
+    """A PNG's `model`, when no --model is given: a built-in name, a hub id or an existing path.
+    A1111 records checkpoint names (``sd_xl_base_1.0``) that are none of these: they are never
+    sent to the hub; the command asks for --model instead."""
+    if not isinstance(model, str) or model in BUILTIN_MODELS or HUB_ID.match(model) or \
+            os.path.exists(os.path.expanduser(model)):
+        if args.model is None:
+            return model
+        return None
+    if args.model is not None:
+        notes.append(f"note: --from-png: the file's model {model!r} is not a hub id or a path here; "
+                     f'using --model {args.model}')
+        return None
+    raise CommandError(f"--from-png: the file's model {model!r} is neither a hub id (owner/name) nor a local "
+                       'path (A1111 records checkpoint names); give the model with --model HUB_ID_OR_FOLDER')
+
+
+def _check_file_sampler(from_file: Dict[str, Any], flags: Dict[str, Any]) -> None:
+    scheduler = from_file.get('scheduler')
+    if 'scheduler' not in flags and isinstance(scheduler, str) and scheduler not in SCHEDULER_NAMES:
+        raise CommandError(f"--from-png: the file's sampler {scheduler!r} has no equivalent here; choose one with "
+                           f"--sampler ({', '.join(SCHEDULER_NAMES)})")
 
 
 def plan_generate(args: argparse.Namespace) -> GenerateJob:
     """Parameters and model of a ``generate`` command line, checked, before anything is loaded."""
     from_file: Dict[str, Any] = {}
     source: Dict[str, Any] = {}
+    lora_recorded: Any = None
+    notes: List[str] = []
     if args.from_png is not None:
         from .png import read_png_parameters
 
@@ -154,13 +235,19 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
         if not isinstance(record, dict):
             raise CommandError(f'--from-png: the parameters in {args.from_png!r} are not a JSON object')
         source = {k: record.pop(k) for k in SOURCE_KEYS if k in record}
+        lora_recorded = record.pop(LORA_KEY, None)
         from_file = record
     refiner_removed = args.refiner is not None and args.refiner.lower() == 'none'
     flags = parameters_from_flags(args)
+    _check_file_sampler(from_file, flags)
     params = merge_parameters(from_file, flags, refiner_removed=refiner_removed)
+    default_prompt_weighting(params)
     check_parameters(params, f'--from-png {args.from_png}' if args.from_png else 'parameters')
     _check_out(args.out)
+    batch_count = check_batch_count(args, params)
 
+    if 'model' in source:
+        source['model'] = file_model(source['model'], args, notes)
     if args.model is not None:
         model, revision = args.model, args.revision
     else:
@@ -176,29 +263,50 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
                        ('refiner revision', refiner_revision)):
         if value is not None and not isinstance(value, str):
             raise CommandError(f'--from-png: the {key} in {args.from_png!r} must be a string, got {value!r}')
-    return GenerateJob(params, ModelSource(model, revision, refiner, refiner_revision, args.device).check())
+    encoded, lora, lora_record = lora_for_pipeline(params, args.lora, lora_recorded, args.lora_dir)
+    return GenerateJob(params, ModelSource(model, revision, refiner, refiner_revision, args.device).check(),
+                       encoded=encoded, lora=lora, lora_record=lora_record, batch_count=batch_count, notes=notes)
 
 
-def save_images(output: Dict[str, Any], out: str, extra: Dict[str, Any]) -> List[str]:
-    """Write the pipeline output's images as PNG files, each carrying its own parameters and `extra`."""
+def save_images(output: Dict[str, Any], paths: List[str], extra: Dict[str, Any],
+                recorded: Dict[str, Any]) -> List[str]:
+    """Write the pipeline output's images as PNG files, each carrying its own parameters (with the
+    prompt as given, `recorded`) and `extra`."""
     from .png import image_parameters, save_png
 
     images = output['output_imgs']
-    paths = output_paths(out, len(images))
-    for path, image, parameters in zip(paths, images, image_parameters(output['parameters'], output['seeds'])):
-        save_png(path, image, parameters, extra)
+    parameters = {**output['parameters'], **{k: recorded[k] for k in ('text', 'prompt_2') if k in recorded}}
+    for path, image, own in zip(paths, images, image_parameters(parameters, output['seeds'])):
+        save_png(path, image, own, extra)
     return paths
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars belong to a terminal: in a log they are carriage-return noise."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def generate_command(args: argparse.Namespace) -> int:
     job = plan_generate(args)
-    with quiet_libraries(enabled=not verbose(args)), silent_stderr(args.quiet and not verbose(args)):
-        pipe = job.source.build_pipeline(progress_bar=not args.quiet)
-        output = pipe(dict(job.parameters))
-    paths = save_images(output, args.out, job.source.record())
-    for path in paths:
-        print(path)
     if not args.quiet:
-        seeds = output['seeds']
+        for note in job.notes:
+            print(note, file=sys.stderr)
+    extra = job.source.record()
+    if job.lora_record:
+        extra[LORA_KEY] = job.lora_record
+    total = job.batch_count * job.parameters.get('num_images_per_prompt', 1)
+    names = OutputNames(args.out, total, overwrite=args.overwrite)
+    seeds: List[int] = []
+    with quiet_libraries(enabled=not verbose(args)), silent_stderr(args.quiet and not verbose(args)):
+        use_cli_threads()
+        pipe = job.source.build_pipeline(progress_bar=show_progress(args), lora=job.lora or None)
+        for k in range(job.batch_count):
+            output = pipe(job.call_parameters(k))
+            for path in save_images(output, names.take(output['seeds']), extra, job.parameters):
+                print(path, flush=True)
+            seeds += output['seeds']
+    if not args.quiet:
+        if names.moved:
+            print(f'note: {args.out} exists; wrote {names.moved} instead (--overwrite replaces it)', file=sys.stderr)
         print(f'seed: {seeds[0]}' if len(seeds) == 1 else f"seeds: {', '.join(map(str, seeds))}", file=sys.stderr)
     return 0

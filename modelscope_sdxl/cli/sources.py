@@ -141,7 +141,7 @@ class ModelSource:
             raise CommandError(f'{self.model!r} at revision {self.revision or "master"!r} is not on the hub '
                                f'({str(exc).splitlines()[0]})') from exc
 
-    def build_pipeline(self, progress_bar: bool = False) -> Any:
+    def build_pipeline(self, progress_bar: bool = False, lora: Any = None) -> Any:
         """This package's pipeline on the source. The base is fetched here rather than by the
         pipeline, so that ModelScope's builder sees an absolute folder (a relative 'a/b' would look
         like a hub id to it) and does not ask the hub about the id first."""
@@ -157,6 +157,8 @@ class ModelSource:
             kwargs['refiner'] = None if self.no_refiner else self.refiner
         if self.refiner_revision is not None:
             kwargs['refiner_revision'] = self.refiner_revision
+        if lora:
+            kwargs['lora'] = lora  # the pipeline's lora= (cli/lora_args.py)
         return pipeline(task=TASK, model=folder, pipeline_name=PIPELINE_TYPE, **kwargs)
 
 
