@@ -1,5 +1,7 @@
 """Shared fixtures: the tiny offline SDXL pair, our pipeline on it, and plain diffusers on the same folders."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,9 @@ from modelscope_sdxl.mini.sdxl_folders import build_tiny_sdxl
 # work, torch's worker threads only spin against each other. Ours and the diffusers reference both
 # run in this process, so comparisons are unaffected.
 torch.set_num_threads(1)
+# The command line sets torch's threads to the CPUs it may use (cli/threads.py); in tests, in this
+# process and in the commands it starts, one thread, for the same reason.
+os.environ.setdefault('MODELSCOPE_SDXL_THREADS', '1')
 
 
 @pytest.fixture(scope='session')

@@ -3,7 +3,6 @@ subprocesses, also as ``modelscope sdxl generate``), PNG files that carry their 
 ``--from-png`` round trip, and errors that end in one line and an exit code, never a traceback."""
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -300,10 +299,9 @@ def test_python_m_modelscope_sdxl_generate_on_the_default_model(tmp_path):
                             text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f'{out}\n'
-    # A progress bar per stage and the seed; none of the libraries' log lines or warnings.
-    assert re.search(r'base: +\d+%\|', result.stderr) and re.search(r'refiner: +\d+%\|', result.stderr), \
-        result.stderr
-    assert result.stderr.rstrip().endswith('seed: 0'), result.stderr
+    # stderr is a pipe here, as in a log: the seed and no progress bars (their carriage returns are
+    # noise in a log; tests/test_cli_habits.py sees them in a terminal), no libraries' log lines.
+    assert result.stderr == 'seed: 0\n', result.stderr
     for noise in (' - modelscope - ', 'WARNING', 'INFO', 'Warning', 'warning', '[transformers]',
                   'Loading pipeline components', 'Loading weights', 'Writing model shards', 'Traceback'):
         assert noise not in result.stderr, result.stderr
