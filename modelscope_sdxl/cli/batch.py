@@ -34,7 +34,9 @@ from .batch_ray import RAY_EXTRA_HINT, Results, import_ray, run_ray
 from .errors import BatchError
 from .files import flock, remove_temporary_files
 from .manifest import MANIFEST, Manifest, now
+from .quiet import quiet_libraries, silent_stderr, verbose
 from .sources import DEFAULT_MODEL, ModelSource, add_model_arguments
+from .threads import use_cli_threads
 
 # Only the standard library at import time: the CLI builds its parser, this one included, on every call.
 __all__ = ['run_batch', 'BatchResult', 'BatchError', 'MANIFEST', 'read_items']
@@ -214,6 +216,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cpus-per-worker', type=float, default=1.0, help='CPUs per Ray worker (default: 1)')
     parser.add_argument('--retry-invalid', action='store_true',
                         help='run lines the manifest records as invalid again (failed ones always are)')
+    parser.add_argument('--quiet', action='store_true',
+                        help='nothing on stderr but errors: no progress lines (the manifest records every item)')
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -230,7 +234,12 @@ def batch_command(args: argparse.Namespace) -> int:
     """Run parsed ``batch`` arguments: 0 when every item is made, 1 when some are recorded as invalid
     or failed; an error of the batch as a whole (exit 2) is raised for the CLI to report."""
     source = ModelSource.from_args(args)
-    result = run_batch(args.prompts, args.out, **dataclasses.asdict(source), ray_address=args.ray_address,
-                       workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                       cpus_per_worker=args.cpus_per_worker, retry_invalid=args.retry_invalid)
+    quiet = getattr(args, 'quiet', False)
+    if args.ray_address is None:
+        use_cli_threads()
+    with quiet_libraries(enabled=quiet and not verbose(args)), silent_stderr(quiet and not verbose(args)):
+        result = run_batch(args.prompts, args.out, **dataclasses.asdict(source), ray_address=args.ray_address,
+                           workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                           cpus_per_worker=args.cpus_per_worker, retry_invalid=args.retry_invalid,
+                           log=(lambda message: None) if quiet else None)
     return 0 if result.complete else 1

@@ -70,6 +70,15 @@ def import_ray() -> Any:
     return ray
 
 
+def no_cluster_message(address: str, exc: BaseException) -> str:
+    """Ray's 'no running instance' error in this command's words (Ray's speaks of its own --address)."""
+    where = 'no Ray cluster is running on this machine' if address == 'auto' else \
+        f'cannot reach the Ray cluster at {address!r}'
+    return (f'--ray {address}: {where} ({str(exc).splitlines()[0].split(". ")[0]}); start one with '
+            "'ray start --head', give its address with --ray HOST:6379, or use --ray local to start Ray for "
+            'this run only')
+
+
 def run_ray(pending: List[Item], source: ModelSource, address: str, workers: Optional[int],
              gpus_per_worker: Optional[float], cpus_per_worker: float, init_kwargs: Dict[str, Any],
              log: Callable[[str], None]) -> Results:
@@ -77,7 +86,10 @@ def run_ray(pending: List[Item], source: ModelSource, address: str, workers: Opt
     started = False
     if not ray.is_initialized():
         kwargs = {'include_dashboard': False, **init_kwargs}
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise BatchError(no_cluster_message(address, exc)) from exc
         started = True
     try:
         resources = ray.cluster_resources()

@@ -22,7 +22,7 @@ from ..parameters import MAX_SEED, PARAMS, PARAMS_BY_NAME, bucket_for_aspect_rat
 from ..schedulers import SCHEDULER_NAMES
 from .errors import CommandError
 from .flags import draw_seed, sampler_name, seed_value, with_default
-from .lora_args import HUB_ID, LORA_KEY, add_lora_arguments, lora_for_pipeline
+from .lora_args import LORA_KEY, add_lora_arguments, looks_like_hub_id, lora_for_pipeline
 from .outputs import OutputNames
 from .quiet import quiet_libraries, silent_stderr, verbose
 from .sources import BUILTIN_MODELS, DEFAULT_MODEL, SOURCE_KEYS, ModelSource, add_model_arguments
@@ -195,7 +195,7 @@ def file_model(model: Any, args: argparse.Namespace, notes: List[str]) -> Any:
     """A PNG's `model`, when no --model is given: a built-in name, a hub id or an existing path.
     A1111 records checkpoint names (``sd_xl_base_1.0``) that are none of these: they are never
     sent to the hub; the command asks for --model instead."""
-    if not isinstance(model, str) or model in BUILTIN_MODELS or HUB_ID.match(model) or \
+    if not isinstance(model, str) or model in BUILTIN_MODELS or looks_like_hub_id(model) or \
             os.path.exists(os.path.expanduser(model)):
         if args.model is None:
             return model

@@ -14,6 +14,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..hub import is_local_reference
 from .errors import CommandError
 
 #: What a PNG records of the --lora flags, beside the parameters and SOURCE_KEYS.
@@ -21,7 +22,12 @@ LORA_KEY = 'lora'
 # <lora:NAME> or <lora:NAME:SCALE>, A1111's extra-network syntax (a further ':...' is A1111's text
 # encoder / UNet split, not supported here: the one scale applies to both).
 _TAG = re.compile(r'<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>')
-HUB_ID = re.compile(r'^[\w.-]+/[\w.-]+$')
+_HUB_ID = re.compile(r'^[\w.-]+/[\w.-]+$')
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    """'owner/name' and not a path ('./x', '~/x', '/x', a file name): what may be asked of the hub."""
+    return bool(_HUB_ID.match(ref)) and not is_local_reference(ref) and not ref.endswith('.safetensors')
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +63,7 @@ def check_reference(path: str, where: str) -> str:
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         return os.path.abspath(expanded)
-    if HUB_ID.match(path) and not path.endswith('.safetensors'):
+    if looks_like_hub_id(path):
         return path
     raise CommandError(f'{where}: no such file or folder {path!r} (a hub LoRA is named owner/name)')
 
