@@ -1,11 +1,14 @@
 """The command line as A1111, ComfyUI and diffusers users type it: their flags and words, files that are
 never replaced, batch counts, LoRAs by flag and by prompt tag, weighting on by default, typos with a
 suggestion, and a command that behaves in pipes, logs and terminals."""
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 
 import numpy as np
 import pytest
@@ -261,6 +264,8 @@ def test_progress_bars_show_in_a_terminal(tmp_path):
     """In a terminal the bars show; piped into a log they do not (tests/test_cli.py)."""
     env = command_env(str(tmp_path / 'child'))
     controller, terminal = pty.openpty()
+    # A terminal 100 columns wide (a new pseudo-terminal has 0, where tqdm draws an empty bar).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 30, 100, 0, 0))
     try:
         process = subprocess.Popen([sys.executable, '-m', 'modelscope_sdxl', 'generate', PROMPT, '--seed', '0',
                                     '-o', str(tmp_path / 'p.png')], env=env, cwd=str(tmp_path),
