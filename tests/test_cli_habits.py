@@ -343,3 +343,21 @@ def test_the_usage_example_30_steps_at_0_8_runs_23_base_and_7_refiner_steps(sdxl
     sdxl_pipe({'text': 'a dog', 'num_inference_steps': 30, 'high_noise_frac': 0.8, 'seed': 0,
                'callback': lambda stage, step, total: steps.append((stage, total))})
     assert steps.count(('base', 23)) == 23 and steps.count(('refiner', 7)) == 7 and len(steps) == 30
+
+
+def test_modelscope_sdxl_quiet_leaves_only_the_modelscope_commands_banner(tmp_path):
+    """modelscope-hub prints its banner before it loads any plugin; after it, --quiet prints nothing."""
+    from modelscope_hub.constants import MODELSCOPE_ASCII
+
+    from subprocess_env import console_script
+
+    env = command_env(str(tmp_path / 'child'))
+    out = tmp_path / 'q.png'
+    result = subprocess.run(console_script('modelscope') + ['sdxl', 'generate', PROMPT, '-o', str(out), '--quiet'],
+                            env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout == f'{out}\n', result.stderr
+    assert result.stderr == MODELSCOPE_ASCII + '\n'
+    plain = subprocess.run([sys.executable, '-m', 'modelscope_sdxl', 'generate', PROMPT, '-o', str(out), '--quiet',
+                            '--overwrite'], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert plain.returncode == 0 and plain.stderr == ''
