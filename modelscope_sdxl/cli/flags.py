@@ -26,7 +26,10 @@ def draw_seed() -> int:
 
 def seed_value(text: str) -> int:
     """--seed: an integer; -1 (A1111's word for "random") draws one."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid int value: {text!r} (a seed, or -1 for a random one)') from None
     return draw_seed() if value == RANDOM_SEED else value
 
 

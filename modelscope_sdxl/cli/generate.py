@@ -37,7 +37,7 @@ VALUE_TYPES = {'seed': seed_value, 'scheduler': sampler_name}
 # Help lines the table's descriptions do not say for a command line.
 CLI_HELP = {'seed': ' -1: a random seed.',
             'scheduler': " A1111's names are accepted too: 'DPM++ 2M Karras', 'Euler a'.",
-            'prompt_weighting': ' Here on by default whenever the prompt holds ( ) or [ ] (the Python API: off); '
+            'prompt_weighting': ' (default here: on whenever a prompt holds ( ) or [ ]; the Python API: off); '
                                 '--no-prompt-weighting reads them as text.'}
 
 
