@@ -314,6 +314,8 @@ def test_ray_auto_without_a_cluster_speaks_of_this_commands_flags(tmp_path, caps
     ('num_inference_steps=2 with high_noise_frac=0.3 leaves a stage with no step; use more steps',
      '--num-inference-steps 2 with --high-noise-frac 0.3 leaves a stage with no step; use more steps'),
     ("seed must be an integer >= 0, got -5", "seed must be an integer >= 0, got -5"),
+    ('GET http://hub/api/v1/models/a/b/repo?revision=v1&seed=2 failed', 'GET http://hub/api/v1/models/a/b/repo?'
+     'revision=v1&seed=2 failed'),
 ])
 def test_messages_name_the_flags_on_the_command_line(core, cli_words):
     assert in_cli_words(core) == cli_words

@@ -10,7 +10,8 @@ from ..parameters import PARAMS_BY_NAME
 _MODEL_FLAGS = {'refiner': '--refiner', 'refiner_revision': '--refiner-revision', 'revision': '--revision',
                 'device': '--device', 'lora': '--lora'}
 _PIPELINE_ARG = re.compile(r'pipeline\(\.\.\., (\w+)=\.\.\.\)')
-_ASSIGNMENT = re.compile(r"\b(\w+)=(?:'([^']*)'|([-+\w.]+))")
+# name=value, but not a URL's query (?revision=v1&...).
+_ASSIGNMENT = re.compile(r"(?<![?&\w])(\w+)=(?:'([^']*)'|([-+\w.]+))")
 
 
 def flag_of(name: str) -> str:
