@@ -198,6 +198,8 @@ class GenerationRequest:
         for p in PARAMS[1:]:
             if p.name in PICTURES or (p.name == 'denoising_strength' and self.image is None):
                 continue
+            if p.name in ('height', 'width') and self.image is not None:  # the image's size
+                continue
             if self.refiner_mode in p.refiner_modes and p.name != 'aspect_ratio':
                 value = getattr(self, p.name)
                 values[p.name] = list(value) if isinstance(value, tuple) else value
