@@ -144,14 +144,15 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
         recorded_source = source.record() if pipe is None else {}
 
         def record(item: Item, outcome: Dict[str, Any], images: List[Any]) -> None:
-            from .png import image_parameters, save_png
+            from .png import image_parameters, picture_records, save_png
 
             entry: Dict[str, Any] = {'id': item.id, 'line': item.line, 'status': outcome['status']}
             if outcome['status'] == 'ok':
                 files = [f'{item.name}-{k}.png' for k in range(1, len(images) + 1)]
                 per_image = image_parameters(outcome['parameters'], outcome['seeds'])
                 for name, image, parameters in zip(files, images, per_image):
-                    save_png(os.path.join(out_dir, name), image, parameters, recorded_source)
+                    save_png(os.path.join(out_dir, name), image, parameters,
+                             {**recorded_source, **picture_records(item.input or {})})
                 _remove_stale_files(out_dir, manifest.records.get(item.id), files)
                 entry.update(files=files, seed=outcome['seed'], seeds=outcome['seeds'],
                              parameters=outcome['parameters'])

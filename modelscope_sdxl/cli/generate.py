@@ -17,13 +17,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from ..parameters import PARAMS, PARAMS_BY_NAME, bucket_for_aspect_ratio, check_names, check_value
+from ..parameters import PARAMS, PARAMS_BY_NAME, PICTURES, bucket_for_aspect_ratio, check_names, check_value
 from .errors import CommandError
 from .quiet import quiet_libraries, silent_stderr, verbose
 from .sources import DEFAULT_MODEL, SOURCE_KEYS, ModelSource, add_model_arguments
 
 # Short flags for the parameters typed most often.
-ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images']}
+ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images'], 'mask_image': ['--mask']}
+# Flags whose value is a file path.
+_METAVARS = {'image': 'PATH', 'mask_image': 'PATH'}
 
 
 def _flag(name: str) -> str:
@@ -44,9 +46,9 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=p.name, type=int, nargs=2, default=None, help=p.description,
                                metavar=('TOP', 'LEFT') if 'crops' in p.name else ('HEIGHT', 'WIDTH'))
         else:
-            kind = {'integer': int, 'number': float, 'string': str}[p.type]
+            kind = {'integer': int, 'number': float, 'string': str, 'image': str, 'mask': str}[p.type]
             group.add_argument(*flags, dest=p.name, type=kind, default=None, choices=list(p.choices) or None,
-                               help=p.description)
+                               help=p.description, metavar=_METAVARS.get(p.name))
 
 
 def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -101,10 +103,10 @@ def merge_parameters(from_file: Dict[str, Any], flags: Dict[str, Any],
     """A file's parameters overridden by flags, without the file's values that the flags make
     inapplicable (height/width under --aspect-ratio; another refiner mode's parameters)."""
     merged = dict(from_file)
-    if 'aspect_ratio' in flags:
+    if 'aspect_ratio' in flags or flags.get('image') is not None:
         merged.pop('height', None)
         merged.pop('width', None)
-    if 'height' in flags or 'width' in flags:
+    if 'height' in flags or 'width' in flags or flags.get('image') is not None:
         merged.pop('aspect_ratio', None)
     mode = flags.get('refiner_mode')
     if mode is None and refiner_removed and merged.get('refiner_mode') not in (None, 'none'):
@@ -154,6 +156,7 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
         if not isinstance(record, dict):
             raise CommandError(f'--from-png: the parameters in {args.from_png!r} are not a JSON object')
         source = {k: record.pop(k) for k in SOURCE_KEYS if k in record}
+        _check_pictures(args, {k: record.pop(k) for k in PICTURES if isinstance(record.get(k), dict)})
         from_file = record
     refiner_removed = args.refiner is not None and args.refiner.lower() == 'none'
     flags = parameters_from_flags(args)
@@ -190,12 +193,31 @@ def save_images(output: Dict[str, Any], out: str, extra: Dict[str, Any]) -> List
     return paths
 
 
+def _check_pictures(args: argparse.Namespace, recorded: Dict[str, Any]) -> None:
+    """A PNG made from a picture needs that picture again: name the file it was made from, and note a
+    different one (its pixels will differ)."""
+    from ..images import file_sha256
+
+    for name, record in recorded.items():
+        flag = '--image' if name == 'image' else '--mask'
+        described = f"{record.get('file') or 'base64 data'!r} (SHA-256 {record.get('sha256')})"
+        given = getattr(args, name, None)
+        if given is None:
+            raise CommandError(f'--from-png: {args.from_png} was made from the {name} {described}; '
+                               f'give it with {flag} PATH')
+        if os.path.isfile(given) and file_sha256(given) != record.get('sha256'):
+            print(f'note: {flag} {given} is not the {name} {args.from_png} was made from ({described}); '
+                  'the result will differ', file=sys.stderr)
+
+
 def generate_command(args: argparse.Namespace) -> int:
+    from .png import picture_records
+
     job = plan_generate(args)
     with quiet_libraries(enabled=not verbose(args)), silent_stderr(args.quiet and not verbose(args)):
         pipe = job.source.build_pipeline(progress_bar=not args.quiet)
         output = pipe(dict(job.parameters))
-    paths = save_images(output, args.out, job.source.record())
+    paths = save_images(output, args.out, {**job.source.record(), **picture_records(job.parameters)})
     for path in paths:
         print(path)
     if not args.quiet:
