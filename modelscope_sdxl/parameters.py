@@ -241,7 +241,7 @@ def check_value(p: Param, value: Any) -> Any:
     if p.type in ('image', 'mask'):
         from .images import load_picture
 
-        return load_picture(p.name, value, mask=p.type == 'mask')
+        return load_picture(p.name, value, MAX_SIDE, mask=p.type == 'mask')
     if p.type == 'string':
         if not isinstance(value, str):
             raise TypeError(f'{p.name} must be {_allowed(p)}, got {type(value).__name__}')

@@ -138,7 +138,7 @@ def test_every_form_of_a_picture_gives_the_same_image(sdxl_pipe, tmp_path):
 def test_a_jpeg_in_base64_is_read():
     buffer = io.BytesIO()
     Image.fromarray(np.full((16, 24, 3), 200, np.uint8)).save(buffer, format='JPEG')
-    picture = load_picture('image', base64.b64encode(buffer.getvalue()).decode())
+    picture = load_picture('image', base64.b64encode(buffer.getvalue()).decode(), 4096)
     assert picture.pixels.shape == (16, 24, 3) and abs(int(picture.pixels[8, 8, 0]) - 200) <= 3
 
 
@@ -220,7 +220,7 @@ def test_an_unreadable_file_names_the_field(tmp_path):
     path = tmp_path / 'broken.png'
     path.write_bytes(b'not a picture at all')
     with pytest.raises(ValueError, match=r"image: the file .*broken.png' is not a readable PNG or JPEG"):
-        load_picture('image', str(path))
+        load_picture('image', str(path), 4096)
 
 
 # ------------------------------------------------------------------------------------------------
