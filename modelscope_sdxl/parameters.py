@@ -289,6 +289,14 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _short(value: Any) -> str:
+    """A value for a message: a picture by its kind and shape, not its pixels."""
+    if hasattr(value, 'shape'):
+        return f'{type(value).__name__} of shape {tuple(value.shape)}'
+    text = repr(value)
+    return text if len(text) <= 200 else text[:100] + f'... ({len(text)} characters)'
+
+
 def merge_inputs(inputs: Any, call_params: Mapping[str, Any]) -> Dict[str, Any]:
     """Merge the input dict and the call's keyword parameters; the same name twice must agree."""
     if isinstance(inputs, str):
@@ -299,8 +307,8 @@ def merge_inputs(inputs: Any, call_params: Mapping[str, Any]) -> Dict[str, Any]:
     merged = dict(inputs)
     for name, value in call_params.items():
         if name in merged and not _same(merged[name], value):
-            raise ValueError(f'{name} is given twice with different values: {merged[name]!r} in the input '
-                             f'and {value!r} as a call parameter')
+            raise ValueError(f'{name} is given twice with different values: {_short(merged[name])} in the input '
+                             f'and {_short(value)} as a call parameter')
         merged[name] = value
     return merged
 

@@ -262,3 +262,11 @@ def test_lean_memory_mode_gives_the_resident_picture_results(sdxl_pipe, tiny_sdx
     components = lean.model.components
     assert components.base.unet is None and components.refiner.unet is None
     assert next(components.base.vae.parameters()).dtype == torch.float32
+
+
+def test_a_picture_given_twice_must_be_the_same(sdxl_pipe, monkeypatch):
+    monkeypatch.setattr(sdxl_pipe.model, 'forward', lambda *a, **k: (_ for _ in ()).throw(AssertionError('ran')))
+    image = scene_bgr()
+    with pytest.raises(ValueError, match=r'image is given twice with different values: ndarray of shape '
+                                         r'\(64, 64, 3\) in the input and ndarray of shape \(64, 64, 3\)'):
+        sdxl_pipe({'text': 'a dog', 'image': image}, image=scene_bgr('yellow'))
