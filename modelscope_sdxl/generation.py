@@ -14,7 +14,7 @@ import torch
 
 from .components import SDXLComponents, with_modules
 from .parameters import GenerationRequest
-from .picture_stages import base_inputs, refiner_inputs, restore_vae_dtype, stage_class
+from .picture_stages import base_inputs, pinned_vae, refiner_inputs, stage_class
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
 
@@ -28,9 +28,12 @@ class GenerationCancelled(RuntimeError):
 
 
 def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool,
-                   pipeline_class: Any = None) -> Any:
-    """A pipeline sharing `pipe`'s networks with a scheduler of its own (of `pipeline_class` for a picture)."""
-    fresh = with_modules(pipe, pipeline_class, scheduler=make_scheduler(pipe.scheduler, scheduler))
+                   request: Optional[GenerationRequest] = None) -> Any:
+    """A pipeline sharing `pipe`'s networks with a scheduler of its own; for a call from a picture, of
+    the class that stage needs, with a VAE view diffusers cannot cast (picture_stages)."""
+    picture = {} if request is None or request.image is None else {'vae': pinned_vae(pipe.vae)}
+    fresh = with_modules(pipe, None if request is None else stage_class(request, stage),
+                         scheduler=make_scheduler(pipe.scheduler, scheduler), **picture)
     fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 
@@ -110,15 +113,9 @@ def _encode_both(components: SDXLComponents, request: GenerationRequest, guidanc
 
 def _in_stage(components: SDXLComponents, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
               args: Dict[str, Any], progress_bar: bool) -> torch.Tensor:
-    # The VAE's dtype as loaded, noted before any picture is encoded (diffusers' encoders may cast it).
-    vae_dtype = components.cache.setdefault('vae_dtype', next(components.base.vae.parameters()).dtype)
     with components.residency.stage(stage) as pipe:
-        fresh = _for_this_call(pipe, request.scheduler, stage, progress_bar, stage_class(request, stage))
-        try:
-            return _run_stage(fresh, stage, request, embeds, args)
-        finally:
-            if request.image is not None:
-                restore_vae_dtype(pipe.vae, vae_dtype)
+        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar, request), stage, request,
+                          embeds, args)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ The stages stay diffusers' own pipelines, built from the loaded networks the way
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Optional
 
 import torch
@@ -49,8 +50,14 @@ def refiner_inputs(request: GenerationRequest, latents: Optional[torch.Tensor]) 
     return {'image': start, **_mask_inputs(request)}
 
 
-def restore_vae_dtype(vae: Any, dtype: torch.dtype) -> None:
-    """diffusers' img2img and inpainting encoders cast an upcast VAE back to the UNet's dtype
-    (``vae.to(dtype)``) after encoding; the shared VAE is meant to stay in `dtype` (fp32)."""
-    if next(vae.parameters()).dtype != dtype:
-        vae.to(dtype)
+def pinned_vae(vae: Any) -> Any:
+    """A per-call view of the shared VAE (same weights, no copy) whose ``.to()`` changes nothing.
+
+    diffusers' img2img and inpainting encoders upcast a ``force_upcast`` VAE to fp32 and afterwards
+    cast it to the UNet's dtype (``self.vae.to(dtype)``): on CUDA that would turn the fp32 VAE every
+    call shares into fp16 (rounding its weights for good). The view keeps the VAE as loaded; the
+    encoding itself runs in the VAE's fp32, exactly as diffusers' upcast path runs it.
+    """
+    view = copy.copy(vae)  # a new module object whose parameters and submodules are the shared ones
+    object.__setattr__(view, 'to', lambda *args, **kwargs: view)
+    return view

@@ -270,3 +270,30 @@ def test_a_picture_given_twice_must_be_the_same(sdxl_pipe, monkeypatch):
     with pytest.raises(ValueError, match=r'image is given twice with different values: ndarray of shape '
                                          r'\(64, 64, 3\) in the input and ndarray of shape \(64, 64, 3\)'):
         sdxl_pipe({'text': 'a dog', 'image': image}, image=scene_bgr('yellow'))
+
+
+def test_the_shared_vae_keeps_its_dtype_after_a_picture_is_encoded(tiny_sdxl, monkeypatch):
+    """On CUDA diffusers' img2img / inpainting encoders cast an upcast VAE back to the UNet's fp16
+    (``self.vae.to(dtype)``); the VAE every call shares must stay as loaded (fp32, weights unrounded)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+    pipe = pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu')
+    vae = pipe.model.components.base.vae
+    weights = {k: v.clone() for k, v in vae.state_dict().items()}
+    calls = [{'text': 'a dog', 'seed': 1, 'num_inference_steps': 6, 'refiner_mode': mode, 'image': scene_bgr(),
+              **({'mask_image': centre_mask()} if masked else {})}
+             for mode in ('none', 'refiner_only') for masked in (False, True)]
+    expected = [pipe(params)['output_imgs'][0] for params in calls]
+    for cls, method in ((StableDiffusionXLImg2ImgPipeline, 'prepare_latents'),
+                        (StableDiffusionXLInpaintPipeline, '_encode_vae_image')):
+        real = getattr(cls, method)
+
+        def encode_then_cast(self, *args, _real=real, **kwargs):  # what diffusers does with an fp16 UNet
+            result = _real(self, *args, **kwargs)
+            self.vae.to(torch.float16)
+            return result
+
+        monkeypatch.setattr(cls, method, encode_then_cast)
+    for params, want in zip(calls, expected):
+        assert np.array_equal(pipe(params)['output_imgs'][0], want)
+    assert all(torch.equal(v, weights[k]) for k, v in vae.state_dict().items())
