@@ -469,7 +469,7 @@ def parameters_markdown() -> str:
              '(in `modelscope server`, a key of "parameters"). Unknown names are rejected.', '',
              '| name | type | default | allowed | stage | description |', '|---|---|---|---|---|---|']
     for p in PARAMS:
-        default = 'required' if p.name == 'text' else (
+        default = 'required' if p.name == 'text' else 'none' if p.name in PICTURES else (
             'derived' if p.default is None else f'`{json.dumps(p.default)}`')
         allowed = _allowed(p)
         if p.nullable:
