@@ -30,11 +30,11 @@ def _load(cls: Any, folder: str, role: str, **kwargs: Any) -> Any:
 def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.device,
                     lora: Optional[list] = None, allow_pickle: bool = False,
                     memory_mode: str = 'auto', compile_unet: bool = False,
-                    vae_tiling: bool = False) -> SDXLComponents:
+                    vae_tiling: bool = False, dtype: Optional[torch.dtype] = None) -> SDXLComponents:
     """Check, then load base (and refiner) from local diffusers-layout folders for `device`.
 
-    On CUDA the UNets and text encoders run in fp16 while the VAE stays fp32, so
-    decoding cannot overflow into NaN (black) images. `memory_mode` decides which
+    The UNets and text encoders run in `dtype` (default: fp16 on CUDA, fp32 elsewhere) while the
+    VAE stays fp32, so decoding cannot overflow into NaN (black) images. `memory_mode` decides which
     networks stay resident (see memory_modes.py). `compile_unet` wraps each resident UNet in
     torch.compile (worth it on GPUs for long runs); `vae_tiling` decodes images larger than the
     VAE's tile (1024 px for SDXL) tile by tile, to fit small GPUs.
@@ -49,7 +49,7 @@ def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.dev
         raise ValueError("memory_mode='lean' reads .safetensors UNets and text encoders per stage, so it cannot "
                          'fuse lora or read pickle weights; use memory_mode=\'resident\'')
 
-    dtype = compute_dtype(device)
+    dtype = dtype or compute_dtype(device)
     common = dict(dtype=dtype, use_safetensors=None if allow_pickle else True, add_watermarker=False)
     per_stage = dict(unet=None, text_encoder=None, text_encoder_2=None) if mode == 'lean' else {}
     base = _load(StableDiffusionXLPipeline, base_dir, 'base', **per_stage, **common)

@@ -8,6 +8,7 @@ from modelscope.models.base import TorchModel
 from modelscope.models.builder import MODELS
 from modelscope.utils.device import create_device
 
+from .dtypes import check_use_safetensors, choose_dtype
 from .generation import generate
 from .lora import parse_lora
 from .hub import REFINER_FILES, check_device, files_to_fetch, resolve_folder
@@ -21,7 +22,8 @@ _MODELSCOPE_KEYS = frozenset({'device_map', 'trust_remote_code', 'model_prefetch
 RefinerSpec = Union[None, str, Mapping[str, Any]]
 # How the model loads: SDXLModel's arguments, which the pipeline passes through and configuration.json's
 # `model` section may set.
-MODEL_ARGS = ('refiner', 'refiner_revision', 'lora', 'allow_pickle', 'memory_mode', 'compile_unet', 'vae_tiling')
+MODEL_ARGS = ('refiner', 'refiner_revision', 'lora', 'allow_pickle', 'memory_mode', 'compile_unet', 'vae_tiling',
+              'torch_dtype', 'torch_type', 'use_safetensors')
 
 
 def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
@@ -52,21 +54,24 @@ class SDXLModel(TorchModel):
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
                  device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, memory_mode: str = 'auto',
-                 compile_unet: bool = False, vae_tiling: bool = False, **kwargs: Any):
+                 compile_unet: bool = False, vae_tiling: bool = False, torch_dtype: Any = None,
+                 torch_type: Any = None, use_safetensors: Optional[bool] = None, **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; known: device, {", ".join(MODEL_ARGS)}')
         for name, flag in (('allow_pickle', allow_pickle), ('compile_unet', compile_unet), ('vae_tiling', vae_tiling)):
             if not isinstance(flag, bool):
                 raise TypeError(f'{name} must be True or False, got {flag!r}')
+        check_use_safetensors(use_safetensors, allow_pickle)
         super().__init__(model_dir, device=check_device(device))
+        dtype = choose_dtype(torch_dtype, torch_type, create_device(device))
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
         refiner_files = files_to_fetch(REFINER_FILES, allow_pickle)
         refiner_dir = resolve_folder(ref, revision, refiner_files, relative_to=model_dir) if ref else None
         self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
                                           allow_pickle=allow_pickle, memory_mode=memory_mode,
-                                          compile_unet=compile_unet, vae_tiling=vae_tiling)
+                                          compile_unet=compile_unet, vae_tiling=vae_tiling, dtype=dtype)
         configs = self.components.configs
         vae_scale_factor = 2 ** (len(configs['vae']['block_out_channels']) - 1)
         encoder_layers = min(configs[e]['num_hidden_layers'] for e in ('text_encoder', 'text_encoder_2'))

@@ -19,6 +19,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional
 
+from ..dtypes import DTYPE_NAMES
 from ..hub import BASE_FILES, check_device, is_local_reference, resolve_folder
 from .errors import CommandError, http_status
 from .files import flock
@@ -88,17 +89,20 @@ class ModelSource:
     refiner: Optional[str] = None
     refiner_revision: Optional[str] = None
     device: Optional[str] = None
+    #: precision of the UNets and text encoders (one of DTYPE_NAMES); None: fp16 on CUDA, fp32 on a CPU
+    dtype: Optional[str] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> 'ModelSource':
         """The source named by :func:`add_model_arguments`' flags, checked."""
         return cls(args.model or DEFAULT_MODEL, args.revision, args.refiner, args.refiner_revision,
-                   args.device).check()
+                   args.device, getattr(args, 'dtype', None)).check()
 
     def check(self) -> 'ModelSource':
         """Refuse a revision that cannot apply and a malformed device, naming the flag; returns self."""
         for flag, value in (('--model', self.model), ('--revision', self.revision), ('--refiner', self.refiner),
-                            ('--refiner-revision', self.refiner_revision), ('--device', self.device)):
+                            ('--refiner-revision', self.refiner_revision), ('--device', self.device),
+                            ('--dtype', self.dtype)):
             if value is not None and not isinstance(value, str):
                 raise CommandError(f'{flag} must be a string, got {value!r}')
         if self.revision is not None:
@@ -108,6 +112,8 @@ class ModelSource:
                 raise CommandError(f'--revision applies to a hub model; {self.model!r} is a local folder')
         if self.device is not None:
             check_device(self.device)
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise CommandError(f'--dtype must be one of {", ".join(DTYPE_NAMES)}, got {self.dtype!r}')
         return self
 
     @property
@@ -157,11 +163,13 @@ class ModelSource:
             kwargs['refiner'] = None if self.no_refiner else self.refiner
         if self.refiner_revision is not None:
             kwargs['refiner_revision'] = self.refiner_revision
+        if self.dtype is not None:
+            kwargs['torch_dtype'] = self.dtype
         return pipeline(task=TASK, model=folder, pipeline_name=PIPELINE_TYPE, **kwargs)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str = '') -> None:
-    """--model, --revision, --refiner, --refiner-revision, --device: read back by ModelSource.from_args."""
+    """--model, --revision, --refiner, --refiner-revision, --device, --dtype: read back by ModelSource.from_args."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', default=None,
                        help=f'hub id or local folder of the base model, or a built-in model: {BUILTIN_HELP}'
@@ -174,3 +182,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str =
     group.add_argument('--device', default=None,
                        help="'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N' (default: 'gpu' where there is one, else "
                        "'cpu'); the same pixels come back on the same kind of device")
+    group.add_argument('--dtype', default=None, choices=DTYPE_NAMES,
+                       help='precision of the UNets and text encoders (the VAE stays float32); default: float16 on '
+                       'a GPU, float32 on a CPU, where half precision is slower unless the CPU has native units')
