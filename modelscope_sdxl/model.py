@@ -1,6 +1,7 @@
 """The ModelScope Model: SDXL base + refiner, loaded once and shared by every call."""
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
@@ -14,6 +15,7 @@ from .lora import parse_lora
 from .hub import REFINER_FILES, check_device, files_to_fetch, resolve_folder
 from .loading import load_components
 from .names import MODEL_TYPE, TASK
+from .single_file import config_folders, is_single_file, local_single_file
 from .parameters import GenerationRequest, ModelLimits
 
 # Keys ModelScope's Model.from_pretrained passes along with configuration.json's `model` section.
@@ -23,7 +25,7 @@ RefinerSpec = Union[None, str, Mapping[str, Any]]
 # How the model loads: SDXLModel's arguments, which the pipeline passes through and configuration.json's
 # `model` section may set.
 MODEL_ARGS = ('refiner', 'refiner_revision', 'lora', 'allow_pickle', 'memory_mode', 'compile_unet', 'vae_tiling',
-              'torch_dtype', 'torch_type', 'use_safetensors')
+              'torch_dtype', 'torch_type', 'use_safetensors', 'single_file_config')
 
 
 def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
@@ -49,13 +51,14 @@ def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> 
 
 @MODELS.register_module(TASK, module_name=MODEL_TYPE)
 class SDXLModel(TorchModel):
-    """Base from `model_dir` (diffusers layout); refiner from its own repo or folder, sharing the
-    base's text_encoder_2 and VAE."""
+    """Base from `model_dir` (diffusers layout, or one single-file ``.safetensors`` checkpoint); refiner
+    from its own repo, folder or single file, sharing the base's text_encoder_2 and VAE."""
 
     def __init__(self, model_dir: str, refiner: RefinerSpec = None, refiner_revision: Optional[str] = None,
                  device: str = 'gpu', lora: Any = None, allow_pickle: bool = False, memory_mode: str = 'auto',
                  compile_unet: bool = False, vae_tiling: bool = False, torch_dtype: Any = None,
-                 torch_type: Any = None, use_safetensors: Optional[bool] = None, **kwargs: Any):
+                 torch_type: Any = None, use_safetensors: Optional[bool] = None, single_file_config: Any = None,
+                 **kwargs: Any):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; known: device, {", ".join(MODEL_ARGS)}')
@@ -68,10 +71,16 @@ class SDXLModel(TorchModel):
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
         refiner_files = files_to_fetch(REFINER_FILES, allow_pickle)
-        refiner_dir = resolve_folder(ref, revision, refiner_files, relative_to=model_dir) if ref else None
+        single_file_configs = config_folders(single_file_config)
+        near = os.path.dirname(model_dir) if is_single_file(model_dir) else model_dir
+        if ref and is_single_file(ref):
+            refiner_dir: Optional[str] = local_single_file(ref, relative_to=near)
+        else:
+            refiner_dir = resolve_folder(ref, revision, refiner_files, relative_to=near) if ref else None
         self.components = load_components(model_dir, refiner_dir, create_device(device), lora=lora_specs,
                                           allow_pickle=allow_pickle, memory_mode=memory_mode,
-                                          compile_unet=compile_unet, vae_tiling=vae_tiling, dtype=dtype)
+                                          compile_unet=compile_unet, vae_tiling=vae_tiling, dtype=dtype,
+                                          single_file_configs=single_file_configs)
         configs = self.components.configs
         vae_scale_factor = 2 ** (len(configs['vae']['block_out_channels']) - 1)
         encoder_layers = min(configs[e]['num_hidden_layers'] for e in ('text_encoder', 'text_encoder_2'))

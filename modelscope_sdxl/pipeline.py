@@ -19,6 +19,7 @@ from .model import MODEL_ARGS, SDXLModel
 from .names import PIPELINE_TYPE, TASK
 from .parameters import merge_inputs, validate
 from .repo_configs import PLAIN_REPO_CONFIGURATION, names_this_model
+from .single_file import is_single_file, local_single_file
 
 # Keys ModelScope's `pipeline()` builder passes to every pipeline.
 _MODELSCOPE_KEYS = frozenset({'trust_remote_code'})
@@ -29,7 +30,8 @@ class SDXLPipeline(Pipeline):
     """SDXL the way it was designed: the base makes latents and the refiner finishes them.
 
     Args:
-        model: a folder with configuration.json in diffusers layout, a hub id, or an SDXLModel.
+        model: a folder with configuration.json in diffusers layout, a hub id, a single-file
+            ``.safetensors`` checkpoint (see single_file.py), or an SDXLModel.
         revision: revision of the base when `model` is a hub id and the pipeline is chosen with
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
@@ -56,7 +58,9 @@ class SDXLPipeline(Pipeline):
         if isinstance(model, SDXLModel) and model_kwargs:
             raise ValueError(f'{", ".join(sorted(model_kwargs))} cannot be changed on an SDXLModel that is already '
                              'loaded; pass them to SDXLModel instead')
-        if isinstance(model, str) and not is_local_reference(model):
+        if is_single_file(model):
+            model = local_single_file(model)
+        elif isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
             # model_revision on: the base's revision comes as `revision`.
             model = resolve_folder(model, revision, files_to_fetch(BASE_FILES, model_kwargs.get('allow_pickle') is True))
@@ -65,9 +69,9 @@ class SDXLPipeline(Pipeline):
                              'otherwise pass model_revision= to pipeline()')
         config_file = None
         folder = model if isinstance(model, str) else getattr(model, 'model_dir', None)
-        if isinstance(folder, str) and os.path.isdir(folder) and not names_this_model(folder):
-            # A plain diffusers repo (see repo_configs.py): ModelScope must neither build the model its
-            # configuration.json names nor read a configuration.json that may be missing.
+        if isinstance(folder, str) and (is_single_file(folder) or os.path.isdir(folder) and not names_this_model(folder)):
+            # A plain diffusers repo (see repo_configs.py) or a single-file checkpoint: ModelScope must
+            # neither build the model a configuration.json names nor read one that may be missing.
             if isinstance(model, str):
                 model, model_kwargs = SDXLModel(model, device=device, **model_kwargs), {}
             config_file = PLAIN_REPO_CONFIGURATION
