@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..dtypes import DTYPE_NAMES
 from ..hub import BASE_FILES, check_device, is_local_reference, resolve_folder
+from ..single_file import is_single_file
 from .errors import CommandError, http_status
 from .files import flock
 
@@ -64,7 +65,8 @@ BUILTIN_HELP = ("'mini' (default) draws shapes from prompts such as 'a red circl
 def model_record(ref: Optional[str]) -> Optional[str]:
     """A model or refiner reference that means the same from any working directory: a built-in name,
     'none', a hub id, or an absolute folder. PNGs record it; Ray workers are given it."""
-    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not is_local_reference(ref):
+    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not (is_local_reference(ref)
+                                                                            or is_single_file(ref)):
         return ref
     return os.path.abspath(os.path.expanduser(ref))
 
@@ -108,8 +110,9 @@ class ModelSource:
         if self.revision is not None:
             if self.model in BUILTIN_MODELS:
                 raise CommandError(f'--revision applies to a hub model, not to the built-in {self.model!r} model')
-            if is_local_reference(self.model):
-                raise CommandError(f'--revision applies to a hub model; {self.model!r} is a local folder')
+            if is_local_reference(self.model) or is_single_file(self.model):
+                raise CommandError(f'--revision applies to a hub model; {self.model!r} is a local '
+                                   f'{"file" if is_single_file(self.model) else "folder"}')
         if self.device is not None:
             check_device(self.device)
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
@@ -134,6 +137,11 @@ class ModelSource:
         pipeline reads. An unknown hub repo or revision is a CommandError naming it."""
         if self.model in BUILTIN_MODELS:
             return os.path.abspath(BUILTIN_MODELS[self.model]())
+        if is_single_file(self.model):
+            path = os.path.abspath(os.path.expanduser(self.model))
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'--model: single-file checkpoint {self.model!r} does not exist')
+            return path
         if is_local_reference(self.model):
             folder = os.path.abspath(os.path.expanduser(self.model))
             if not os.path.isdir(folder):
@@ -172,12 +180,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str =
     """--model, --revision, --refiner, --refiner-revision, --device, --dtype: read back by ModelSource.from_args."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', default=None,
-                       help=f'hub id or local folder of the base model, or a built-in model: {BUILTIN_HELP}'
+                       help='hub id or local folder of the base model, a single-file checkpoint (a path ending in '
+                       f'.safetensors, as AUTOMATIC1111 uses), or a built-in model: {BUILTIN_HELP}'
                        + extra_model_help)
     group.add_argument('--revision', default=None, help='revision (tag, branch or commit) of a hub model')
     group.add_argument('--refiner', default=None,
-                       help="refiner hub id or folder (default: the model's configuration.json); 'none' for the "
-                       'base alone')
+                       help="refiner hub id, folder or single .safetensors file (default: the model's "
+                       "configuration.json); 'none' for the base alone")
     group.add_argument('--refiner-revision', default=None, help='revision of the refiner repo')
     group.add_argument('--device', default=None,
                        help="'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N' (default: 'gpu' where there is one, else "
