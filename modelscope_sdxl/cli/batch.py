@@ -121,7 +121,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
     for name, value in (('gpus_per_worker', gpus_per_worker), ('cpus_per_worker', cpus_per_worker)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f'{name} must be a number >= 0, got {value!r}')
-    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype).check()
+    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype=dtype).check()
 
     if not os.path.isfile(prompts):
         raise FileNotFoundError(f'prompts file {prompts!r} does not exist')

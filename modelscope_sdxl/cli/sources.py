@@ -98,7 +98,7 @@ class ModelSource:
     def from_args(cls, args: argparse.Namespace) -> 'ModelSource':
         """The source named by :func:`add_model_arguments`' flags, checked."""
         return cls(args.model or DEFAULT_MODEL, args.revision, args.refiner, args.refiner_revision,
-                   args.device, getattr(args, 'dtype', None)).check()
+                   args.device, dtype=getattr(args, 'dtype', None)).check()
 
     def check(self) -> 'ModelSource':
         """Refuse a revision that cannot apply and a malformed device, naming the flag; returns self."""
