@@ -105,3 +105,17 @@ def test_cli_dtype_flag_refuses_other_names(capsys):
     assert "--dtype: invalid choice: 'fp16'" in capsys.readouterr().err
     with pytest.raises(CommandError, match="--dtype must be one of float16, bfloat16, float32, got 'half'"):
         ModelSource(dtype='half').check()
+
+
+def test_cli_batch_passes_dtype_on(monkeypatch, tmp_path):
+    from modelscope_sdxl.cli import batch
+
+    seen = {}
+
+    class Done:
+        complete = True
+
+    monkeypatch.setattr(batch, 'run_batch', lambda prompts, out, **kwargs: seen.update(kwargs) or Done())
+    args = cli_parser().parse_args(['batch', str(tmp_path / 'p.jsonl'), '--out', str(tmp_path), '--dtype', 'float16'])
+    assert batch.batch_command(args) == 0
+    assert seen['dtype'] == 'float16'
