@@ -78,7 +78,8 @@ def _remove_stale_files(out_dir: str, old: Optional[Dict[str, Any]], kept: List[
 
 def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revision: Optional[str] = None,
               refiner: Optional[str] = None, refiner_revision: Optional[str] = None,
-              device: Optional[str] = None, ray_address: Optional[str] = None, workers: Optional[int] = None,
+              device: Optional[str] = None, dtype: Optional[str] = None, ray_address: Optional[str] = None,
+              workers: Optional[int] = None,
               gpus_per_worker: Optional[float] = None, cpus_per_worker: float = 1.0,
               ray_init_kwargs: Optional[Dict[str, Any]] = None, retry_invalid: bool = False, pipe: Any = None,
               on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -92,6 +93,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
             the built-in mini model); see :class:`sources.ModelSource`.
         device: 'cpu', 'gpu', 'cuda:N'; default: 'gpu' when CUDA is available here (on Ray: when
             workers get GPUs), else 'cpu'.
+        dtype: 'float16', 'bfloat16' or 'float32' for the UNets and text encoders (``--dtype``).
         ray_address: None runs here, in this process; 'local' starts a Ray instance on this machine
             for this run; 'auto' joins the cluster this machine belongs to; anything else is a Ray
             address ('HOST:6379', 'ray://HOST:10001'). In a process that has already called
@@ -119,7 +121,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
     for name, value in (('gpus_per_worker', gpus_per_worker), ('cpus_per_worker', cpus_per_worker)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f'{name} must be a number >= 0, got {value!r}')
-    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device).check()
+    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype=dtype).check()
 
     if not os.path.isfile(prompts):
         raise FileNotFoundError(f'prompts file {prompts!r} does not exist')
