@@ -27,8 +27,9 @@ class SDXLComponents:
     cache: Dict[Any, Any] = field(default_factory=dict)
 
 
-def with_modules(pipe: Any, **replace: Any) -> Any:
-    """A new pipeline of `pipe`'s class sharing its networks, with `replace` swapped in (cheap: no copies)."""
+def with_modules(pipe: Any, pipeline_class: Any = None, **replace: Any) -> Any:
+    """A new pipeline of `pipe`'s class (or `pipeline_class`, as diffusers' ``from_pipe`` makes one)
+    sharing its networks, with `replace` swapped in (cheap: no copies)."""
     options = {k: pipe.config[k] for k in ('force_zeros_for_empty_prompt', 'requires_aesthetics_score')
                if k in pipe.config}
-    return type(pipe)(**{**pipe.components, **replace}, **options, add_watermarker=False)
+    return (pipeline_class or type(pipe))(**{**pipe.components, **replace}, **options, add_watermarker=False)

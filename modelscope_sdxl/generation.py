@@ -14,6 +14,7 @@ import torch
 
 from .components import SDXLComponents, with_modules
 from .parameters import GenerationRequest
+from .picture_stages import base_inputs, pinned_vae, refiner_inputs, stage_class
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
 
@@ -26,9 +27,13 @@ class GenerationCancelled(RuntimeError):
     """The call's callback returned False: the run stopped and no image is returned."""
 
 
-def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool) -> Any:
-    """A pipeline sharing `pipe`'s networks with a scheduler of its own."""
-    fresh = with_modules(pipe, scheduler=make_scheduler(pipe.scheduler, scheduler))
+def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool,
+                   request: Optional[GenerationRequest] = None) -> Any:
+    """A pipeline sharing `pipe`'s networks with a scheduler of its own; for a call from a picture, of
+    the class that stage needs, with a VAE view diffusers cannot cast (picture_stages)."""
+    picture = {} if request is None or request.image is None else {'vae': pinned_vae(pipe.vae)}
+    fresh = with_modules(pipe, None if request is None else stage_class(request, stage),
+                         scheduler=make_scheduler(pipe.scheduler, scheduler), **picture)
     fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 
@@ -109,7 +114,8 @@ def _encode_both(components: SDXLComponents, request: GenerationRequest, guidanc
 def _in_stage(components: SDXLComponents, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
               args: Dict[str, Any], progress_bar: bool) -> torch.Tensor:
     with components.residency.stage(stage) as pipe:
-        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar), stage, request, embeds, args)
+        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar, request), stage, request,
+                          embeds, args)
 
 
 @torch.no_grad()
@@ -136,12 +142,15 @@ def generate(components: SDXLComponents, request: GenerationRequest, progress_ba
 
     with residency.lock():
         base_embeds, refiner_embeds = _encode_both(components, request, guidance, use_refiner)
-        base_args: Dict[str, Any] = dict(common, height=request.height, width=request.width)
-        if request.refiner_mode == 'ensemble':
-            base_args['denoising_end'] = request.high_noise_frac
-        latents = _in_stage(components, 'base', request, base_embeds, base_args, progress_bar)
+        latents = None
+        if request.refiner_mode != 'refiner_only':
+            base_args: Dict[str, Any] = dict(common, **base_inputs(request))
+            if request.refiner_mode == 'ensemble':
+                base_args['denoising_end'] = request.high_noise_frac
+            latents = _in_stage(components, 'base', request, base_embeds, base_args, progress_bar)
         if use_refiner:
-            refiner_args: Dict[str, Any] = dict(common, image=latents, aesthetic_score=request.aesthetic_score,
+            refiner_args: Dict[str, Any] = dict(common, **refiner_inputs(request, latents),
+                                                aesthetic_score=request.aesthetic_score,
                                                 negative_aesthetic_score=request.negative_aesthetic_score)
             if request.refiner_mode == 'ensemble':
                 refiner_args['denoising_start'] = request.high_noise_frac

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
@@ -48,6 +49,10 @@ def _spec(entry: Any, index: int) -> LoraSpec:
         raise TypeError(f'{where}.scale must be a finite number, got {scale!r}')
     if target not in LORA_TARGETS:
         raise ValueError(f'{where}.target must be one of {", ".join(map(repr, LORA_TARGETS))}, got {target!r}')
+    if not is_hub_id(path) and not os.path.exists(os.path.expanduser(path)):
+        # Checked before any model loads, and never sent to the hub.
+        raise FileNotFoundError(f'{where}.path {path!r}: no such file or folder '
+                                f"({os.path.abspath(os.path.expanduser(path))}); a hub id has the form 'owner/name'")
     for key in ('revision', 'weight_name'):
         if entry.get(key) is not None and not isinstance(entry[key], str):
             raise TypeError(f'{where}.{key} must be a string, got {entry[key]!r}')
@@ -66,13 +71,28 @@ def parse_lora(lora: Any) -> List[LoraSpec]:
     return [_spec(e, i) for i, e in enumerate(entries)]
 
 
+# A ModelScope hub id: owner/name, neither part a path word, and no weights file suffix.
+_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
+_WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.ckpt', '.pt', '.pth')
+
+
+def is_hub_id(ref: str) -> bool:
+    """True for ``owner/name``; a path (``x.safetensors``, ``loras/x.safetensors``, ``./x``, ``a/b/c``) is not one."""
+    return bool(_HUB_ID.match(ref)) and not ref.lower().endswith(_WEIGHT_SUFFIXES)
+
+
 def _locate(spec: LoraSpec, allow_pickle: bool) -> tuple:
-    """(folder, weight file name) of a LoRA, fetching a hub id through ModelScope's client."""
-    if os.path.isfile(os.path.expanduser(spec.path)):
-        folder, name = os.path.split(os.path.abspath(os.path.expanduser(spec.path)))
+    """(folder, weight file name) of a LoRA: a local file or folder, or a hub id fetched through
+    ModelScope's client. A local path that does not exist is an error here, never a hub request."""
+    path = os.path.abspath(os.path.expanduser(spec.path))
+    if os.path.isfile(path):
+        folder, name = os.path.split(path)
+    elif not os.path.isdir(path) and not is_hub_id(spec.path):
+        raise FileNotFoundError(f'LoRA {spec.path!r}: no such file or folder ({path}); a hub id has the form '
+                                "'owner/name'")
     else:
-        folder = resolve_folder(spec.path, spec.revision, ['*.safetensors', '*.json'] +
-                                (['*.bin'] if allow_pickle else []))
+        folder = path if os.path.isdir(path) else resolve_folder(
+            spec.path, spec.revision, ['*.safetensors', '*.json'] + (['*.bin'] if allow_pickle else []))
         name = spec.weight_name
         if name is None:
             weights = sorted(f for f in os.listdir(folder) if f.endswith('.safetensors'))

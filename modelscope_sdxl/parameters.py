@@ -18,7 +18,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .schedulers import SCHEDULER_NAMES
 
-REFINER_MODES = ('ensemble', 'sdedit', 'none')
+REFINER_MODES = ('ensemble', 'sdedit', 'none')  # the modes of a text-only call
+# 'refiner_only' runs the refiner alone on a given image (SDEdit), so it needs `image` and a refiner.
+ALL_REFINER_MODES = REFINER_MODES + ('refiner_only',)
+# denoising_strength defaults: AUTOMATIC1111's img2img default, and diffusers' inpainting default.
+IMG2IMG_STRENGTH = 0.75
+INPAINT_STRENGTH = 0.9999
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096
 # SDXL's trained aspect buckets (height, width), all near 1024 x 1024 pixels.
@@ -43,7 +48,7 @@ class ModelLimits:
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # 'string', 'integer', 'number', 'boolean', or 'size' (a pair of integers)
+    type: str  # 'string', 'integer', 'number', 'boolean', 'size' (a pair of integers), 'image' or 'mask'
     default: Any
     stage: str  # which stage it affects: 'base', 'refiner', 'both'
     description: str
@@ -53,10 +58,13 @@ class Param:
     exclusive_maximum: Optional[float] = None
     choices: Tuple[str, ...] = ()
     nullable: bool = False
-    refiner_modes: Tuple[str, ...] = REFINER_MODES  # modes in which giving it has an effect
+    refiner_modes: Tuple[str, ...] = ALL_REFINER_MODES  # modes in which giving it has an effect
 
 
-_WITH_REFINER = ('ensemble', 'sdedit')
+_WITH_REFINER = ('ensemble', 'sdedit', 'refiner_only')
+_WITH_BASE = REFINER_MODES
+_PICTURE = ("a BGR uint8 H x W x 3 array (as cv2.imread gives), a PIL image, a file path, or base64 PNG/JPEG "
+            "data (JSON callers)")
 
 # `None` as a default means "derived at run time" (from the model or another parameter).
 PARAMS: Tuple[Param, ...] = (
@@ -96,12 +104,14 @@ PARAMS: Tuple[Param, ...] = (
           minimum=1),
     Param('refiner_mode', 'string', None, 'refiner',
           "How the refiner finishes the base's latents. Default: 'ensemble' when a refiner is loaded, "
-          "else 'none'.", choices=REFINER_MODES, nullable=True),
+          "else 'none'. 'refiner_only' (with an image): no base at all, the refiner's img2img of the image "
+          "with strength.", choices=ALL_REFINER_MODES, nullable=True),
     Param('high_noise_frac', 'number', 0.8, 'both',
           'Share of the schedule the base denoises before the refiner takes over.',
           exclusive_minimum=0, exclusive_maximum=1, refiner_modes=('ensemble',)),
-    Param('strength', 'number', 0.3, 'refiner', "How much noise the refiner adds back to the base's latents.",
-          exclusive_minimum=0, exclusive_maximum=1, refiner_modes=('sdedit',)),
+    Param('strength', 'number', 0.3, 'refiner',
+          "How much noise the refiner adds back to the base's latents (with 'refiner_only': to the image).",
+          exclusive_minimum=0, exclusive_maximum=1, refiner_modes=('sdedit', 'refiner_only')),
     Param('original_size', 'size', None, 'both',
           'Micro-conditioning (height, width) of the "original" image; default: (height, width).', nullable=True),
     Param('crops_coords_top_left', 'size', (0, 0), 'both',
@@ -118,7 +128,21 @@ PARAMS: Tuple[Param, ...] = (
     Param('clip_skip', 'integer', None, 'both',
           'Text encoder layers to skip from the end (1 = use the layer before the penultimate).',
           minimum=1, nullable=True),
+    Param('image', 'image', None, 'both',
+          'A picture to start from (img2img; with mask_image, inpainting): ' + _PICTURE + '. The output has '
+          "its size, each side rounded down to a multiple of 8 (diffusers resizes it so); not together with "
+          'height, width or aspect_ratio.', nullable=True),
+    Param('mask_image', 'mask', None, 'both',
+          'Inpainting mask of the same size as image: white (255) is repainted, black kept, as in diffusers '
+          'and AUTOMATIC1111. H x W or H x W x 3 uint8, or a path, PIL image or base64 PNG/JPEG.', nullable=True),
+    Param('denoising_strength', 'number', None, 'base',
+          "How much of image the base re-noises (diffusers' strength of the base's img2img or inpainting call). "
+          f'Default: {IMG2IMG_STRENGTH} (AUTOMATIC1111\'s img2img default), with mask_image {INPAINT_STRENGTH} '
+          "(diffusers' inpainting default). Only with an image.",
+          exclusive_minimum=0, maximum=1, nullable=True, refiner_modes=_WITH_BASE),
 )
+# Parameters that are pictures: not repeated in a request's parameters() (the caller holds them).
+PICTURES = ('image', 'mask_image')
 PARAMS_BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
 # Python-only call arguments: not JSON, so not in the schema.
 CALL_ONLY = ('callback',)
@@ -154,6 +178,9 @@ class GenerationRequest:
     aesthetic_score: float
     negative_aesthetic_score: float
     clip_skip: Optional[int]
+    image: Optional[Any] = None  # images.InputImage
+    mask_image: Optional[Any] = None  # images.InputImage, single channel
+    denoising_strength: Optional[float] = None  # set exactly when image is
     callback: Optional[Callable[[str, int, int], Any]] = field(default=None, compare=False, repr=False)
 
     @property
@@ -164,10 +191,15 @@ class GenerationRequest:
     def parameters(self) -> Dict[str, Any]:
         """Every parameter that shaped the images, the seed included: enough to make them again.
 
-        Parameters of a stage that did not run are left out, so the dict is a valid input as it is.
+        Parameters of a stage that did not run are left out, so the dict is a valid input as it is
+        (with an image: together with the same image and mask_image, which are not repeated here).
         """
         values = {'text': self.prompt}
         for p in PARAMS[1:]:
+            if p.name in PICTURES or (p.name == 'denoising_strength' and self.image is None):
+                continue
+            if p.name in ('height', 'width') and self.image is not None:  # the image's size
+                continue
             if self.refiner_mode in p.refiner_modes and p.name != 'aspect_ratio':
                 value = getattr(self, p.name)
                 values[p.name] = list(value) if isinstance(value, tuple) else value
@@ -177,6 +209,10 @@ class GenerationRequest:
 def _allowed(p: Param) -> str:
     if p.choices:
         return 'one of ' + ', '.join(repr(c) for c in p.choices)
+    if p.type in ('image', 'mask'):
+        from .images import ALLOWED
+
+        return ALLOWED
     if p.type == 'size':
         return 'a pair of integers [a, b]' + (' >= 0' if 'crops' in p.name else ' >= 1')
     bounds = []
@@ -202,6 +238,10 @@ def check_value(p: Param, value: Any) -> Any:
         if p.nullable:
             return None
         raise ValueError(f'{p.name} must be {_allowed(p)}, got None')
+    if p.type in ('image', 'mask'):
+        from .images import load_picture
+
+        return load_picture(p.name, value, MAX_SIDE, mask=p.type == 'mask')
     if p.type == 'string':
         if not isinstance(value, str):
             raise TypeError(f'{p.name} must be {_allowed(p)}, got {type(value).__name__}')
@@ -239,6 +279,24 @@ def check_value(p: Param, value: Any) -> Any:
     return value
 
 
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if hasattr(a, 'shape') or hasattr(b, 'shape'):  # arrays (pictures): equal content
+        import numpy as np
+
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return bool(a == b)
+
+
+def _short(value: Any) -> str:
+    """A value for a message: a picture by its kind and shape, not its pixels."""
+    if hasattr(value, 'shape'):
+        return f'{type(value).__name__} of shape {tuple(value.shape)}'
+    text = repr(value)
+    return text if len(text) <= 200 else text[:100] + f'... ({len(text)} characters)'
+
+
 def merge_inputs(inputs: Any, call_params: Mapping[str, Any]) -> Dict[str, Any]:
     """Merge the input dict and the call's keyword parameters; the same name twice must agree."""
     if isinstance(inputs, str):
@@ -248,9 +306,9 @@ def merge_inputs(inputs: Any, call_params: Mapping[str, Any]) -> Dict[str, Any]:
                         f'got {type(inputs).__name__}')
     merged = dict(inputs)
     for name, value in call_params.items():
-        if name in merged and merged[name] != value:
-            raise ValueError(f'{name} is given twice with different values: {merged[name]!r} in the input '
-                             f'and {value!r} as a call parameter')
+        if name in merged and not _same(merged[name], value):
+            raise ValueError(f'{name} is given twice with different values: {_short(merged[name])} in the input '
+                             f'and {_short(value)} as a call parameter')
         merged[name] = value
     return merged
 
@@ -301,6 +359,23 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
             raise ValueError('aspect_ratio cannot be combined with height or width; give one or the other')
         v['height'], v['width'] = bucket_for_aspect_ratio(v['aspect_ratio'], limits.default_size,
                                                          limits.size_multiple)
+    image, mask = v['image'], v['mask_image']
+    if mask is not None and image is None:
+        raise ValueError('mask_image needs an image: give image (the picture to repaint) too')
+    if image is not None:
+        given = [name for name in ('height', 'width', 'aspect_ratio') if raw.get(name) is not None]
+        if given:
+            raise ValueError(f'{" and ".join(given)} cannot be given with an image: the output has the '
+                             "image's size (each side rounded down to a multiple of 8)")
+        m = limits.size_multiple
+        if image.height < m or image.width < m:
+            raise ValueError(f'image must be at least {m} pixels on each side, got {image.height}x{image.width}')
+        if mask is not None and (mask.height, mask.width) != (image.height, image.width):
+            raise ValueError(f'mask_image is {mask.height}x{mask.width} pixels (height x width) but image is '
+                             f'{image.height}x{image.width}; they must be the same size')
+        v['height'], v['width'] = image.height // m * m, image.width // m * m
+    elif v['denoising_strength'] is not None:
+        raise ValueError('denoising_strength applies only with an image (how much of it the base re-noises)')
     for side in ('height', 'width'):
         if v[side] is None:
             v[side] = limits.default_size
@@ -317,6 +392,8 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
                          f"encoders, got {v['clip_skip']}")
 
     mode = v['refiner_mode'] or ('ensemble' if limits.has_refiner else 'none')
+    if mode == 'refiner_only' and image is None:
+        raise ValueError("refiner_mode='refiner_only' refines a given picture: give image too")
     if mode != 'none' and not limits.has_refiner:
         raise ValueError(f"refiner_mode={mode!r} needs a refiner, and this pipeline has none; "
                          "use refiner_mode='none' or load one with pipeline(..., refiner=...)")
@@ -330,7 +407,17 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
         if base_steps < 1 or base_steps >= steps:
             raise ValueError(f"num_inference_steps={steps} with high_noise_frac={v['high_noise_frac']:g} leaves "
                              'a stage with no step; use more steps')
-    if mode == 'sdedit' and int(v['strength'] * steps) < 1:
+    if image is not None and mode != 'refiner_only':
+        if v['denoising_strength'] is None:
+            v['denoising_strength'] = INPAINT_STRENGTH if mask is not None else IMG2IMG_STRENGTH
+        base_steps = int(v['denoising_strength'] * steps)
+        if mode == 'ensemble':
+            base_steps -= steps - int(v['high_noise_frac'] * steps)
+        if base_steps < 1:
+            raise ValueError(f"num_inference_steps={steps} with denoising_strength={v['denoising_strength']:g}"
+                             + (f" and high_noise_frac={v['high_noise_frac']:g}" if mode == 'ensemble' else '')
+                             + ' gives the base no step; use more steps or a higher denoising_strength')
+    if mode in ('sdedit', 'refiner_only') and int(v['strength'] * steps) < 1:
         raise ValueError(f"num_inference_steps={steps} with strength={v['strength']:g} gives the refiner no "
                          'step; use more steps or a higher strength')
 
@@ -349,7 +436,7 @@ def json_schema() -> Dict[str, Any]:
     """JSON Schema of the input, generated from the same table the validation uses."""
     props: Dict[str, Any] = {}
     for p in PARAMS:
-        json_type = 'array' if p.type == 'size' else p.type
+        json_type = {'size': 'array', 'image': 'string', 'mask': 'string'}.get(p.type, p.type)
         s: Dict[str, Any] = {'type': [json_type, 'null'] if p.nullable else json_type,
                              'description': p.description, 'x-stage': p.stage}
         if p.type == 'size':
@@ -362,7 +449,7 @@ def json_schema() -> Dict[str, Any]:
                          ('exclusiveMinimum', p.exclusive_minimum), ('exclusiveMaximum', p.exclusive_maximum)):
             if val is not None:
                 s[key] = val
-        if p.refiner_modes != REFINER_MODES:
+        if p.refiner_modes != ALL_REFINER_MODES:
             s['x-refiner-modes'] = list(p.refiner_modes)
         props[p.name] = s
     return {'$schema': 'https://json-schema.org/draft/2020-12/schema', 'title': 'SDXL base + refiner input',
@@ -382,12 +469,12 @@ def parameters_markdown() -> str:
              '(in `modelscope server`, a key of "parameters"). Unknown names are rejected.', '',
              '| name | type | default | allowed | stage | description |', '|---|---|---|---|---|---|']
     for p in PARAMS:
-        default = 'required' if p.name == 'text' else (
+        default = 'required' if p.name == 'text' else 'none' if p.name in PICTURES else (
             'derived' if p.default is None else f'`{json.dumps(p.default)}`')
         allowed = _allowed(p)
         if p.nullable:
             allowed += ', or null'
-        if p.refiner_modes != REFINER_MODES:
+        if p.refiner_modes != ALL_REFINER_MODES:
             allowed += '; only with refiner_mode ' + ' or '.join(f"'{m}'" for m in p.refiner_modes)
         lines.append(f'| `{p.name}` | {p.type} | {default} | {allowed} | {p.stage} | {p.description} |')
     lines += ['', 'Python callers may also pass `callback=fn`: `fn(stage, step, total_steps)` is called after every '

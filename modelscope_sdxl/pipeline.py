@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,11 +12,14 @@ import torch
 from modelscope.outputs import OutputKeys
 from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
+from modelscope.utils.constant import Frameworks
 
 from .hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
 from .model import MODEL_ARGS, SDXLModel
 from .names import PIPELINE_TYPE, TASK
 from .parameters import merge_inputs, validate
+from .repo_configs import PLAIN_REPO_CONFIGURATION, names_this_model
+from .single_file import is_single_file, local_single_file
 
 # Keys ModelScope's `pipeline()` builder passes to every pipeline.
 _MODELSCOPE_KEYS = frozenset({'trust_remote_code'})
@@ -26,7 +30,8 @@ class SDXLPipeline(Pipeline):
     """SDXL the way it was designed: the base makes latents and the refiner finishes them.
 
     Args:
-        model: a folder with configuration.json in diffusers layout, a hub id, or an SDXLModel.
+        model: a folder with configuration.json in diffusers layout, a hub id, a single-file
+            ``.safetensors`` checkpoint (see single_file.py), or an SDXLModel.
         revision: revision of the base when `model` is a hub id and the pipeline is chosen with
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
@@ -35,7 +40,8 @@ class SDXLPipeline(Pipeline):
             (servers and logs stay clean).
         **model_args: how the model loads, passed to :class:`SDXLModel` (they override
             configuration.json's ``model`` section): ``refiner``, ``refiner_revision``, ``lora``,
-            ``allow_pickle``, ``memory_mode``, ``compile_unet``, ``vae_tiling``.
+            ``allow_pickle``, ``memory_mode``, ``compile_unet``, ``vae_tiling``, and ModelScope's and
+            diffusers' own ``torch_dtype`` / ``torch_type`` and ``use_safetensors`` (see dtypes.py).
     """
 
     def __init__(self, model: Any, revision: Optional[str] = None, device: str = 'gpu',
@@ -52,14 +58,24 @@ class SDXLPipeline(Pipeline):
         if isinstance(model, SDXLModel) and model_kwargs:
             raise ValueError(f'{", ".join(sorted(model_kwargs))} cannot be changed on an SDXLModel that is already '
                              'loaded; pass them to SDXLModel instead')
-        if isinstance(model, str) and not is_local_reference(model):
+        if is_single_file(model):
+            model = local_single_file(model)
+        elif isinstance(model, str) and not is_local_reference(model):
             # Reached with pipeline_name=, where ModelScope's builder neither downloads nor passes
             # model_revision on: the base's revision comes as `revision`.
             model = resolve_folder(model, revision, files_to_fetch(BASE_FILES, model_kwargs.get('allow_pickle') is True))
         elif revision is not None:
             raise ValueError(f'revision={revision!r} is the revision of a hub id given with pipeline_name=; '
                              'otherwise pass model_revision= to pipeline()')
-        super().__init__(model=model, device=device, auto_collate=False, **model_kwargs)
+        config_file = None
+        folder = model if isinstance(model, str) else getattr(model, 'model_dir', None)
+        if isinstance(folder, str) and (is_single_file(folder) or os.path.isdir(folder) and not names_this_model(folder)):
+            # A plain diffusers repo (see repo_configs.py) or a single-file checkpoint: ModelScope must
+            # neither build the model a configuration.json names nor read one that may be missing.
+            if isinstance(model, str):
+                model, model_kwargs = SDXLModel(model, device=device, **model_kwargs), {}
+            config_file = PLAIN_REPO_CONFIGURATION
+        super().__init__(config_file=config_file, model=model, device=device, auto_collate=False, **model_kwargs)
         if isinstance(self.model, str):
             # A plain diffusers-format repo whose configuration.json has no `model` section.
             self.model = SDXLModel(self.model, device=device, **model_kwargs)
@@ -68,6 +84,11 @@ class SDXLPipeline(Pipeline):
         if progress_bar is not None and not isinstance(progress_bar, bool):
             raise TypeError(f'progress_bar must be True, False or None, got {progress_bar!r}')
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+
+    def _get_framework(self) -> str:
+        # Always torch. ModelScope's own version reads the model folder's configuration.json, which a
+        # plain diffusers repo may lack.
+        return Frameworks.torch
 
     def prepare_model(self) -> None:
         # The model placed its networks (and dtypes) itself when it loaded.

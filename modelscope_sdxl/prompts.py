@@ -86,13 +86,40 @@ def _too_long(pipe: Any, texts: List[Optional[str]]) -> bool:
     return False
 
 
-def _compel_embeds(pipe: Any, request: GenerationRequest, device: torch.device, guidance: bool
-                   ) -> Dict[str, torch.Tensor]:
-    """Chunked (and optionally weighted) embeddings laid out as diffusers' encode_prompt returns them."""
+class _ClipSkipped:
+    """A text encoder whose output ends `skip` layers early, so that the penultimate hidden state compel
+    reads is the one diffusers' ``clip_skip`` picks (``hidden_states[-(clip_skip + 2)]``). Everything
+    else (pooled output, device, dtype) is the encoder's own."""
+
+    def __init__(self, encoder: Any, skip: int):
+        self._encoder, self._skip = encoder, skip
+
+    @classmethod
+    def wrap(cls, encoder: Any, skip: Optional[int]) -> Any:
+        return cls(encoder, skip) if skip else encoder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        output = self._encoder(*args, **kwargs)
+        if getattr(output, 'hidden_states', None) is not None:
+            output.hidden_states = output.hidden_states[:len(output.hidden_states) - self._skip]
+        return output
+
+
+def _compel(tokenizer: Any, encoder: Any, requires_pooled: bool, device: torch.device) -> Any:
     from compel import Compel, ReturnedEmbeddingsType
 
-    if request.clip_skip is not None:
-        raise ValueError('clip_skip cannot be combined with prompts over 77 tokens or prompt_weighting')
+    return Compel(tokenizer=tokenizer, text_encoder=encoder, truncate_long_prompts=False,
+                  returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                  requires_pooled=requires_pooled, device=device, dtype_for_device_getter=lambda _: encoder.dtype)
+
+
+def _compel_embeds(pipe: Any, request: GenerationRequest, device: torch.device, guidance: bool
+                   ) -> Dict[str, torch.Tensor]:
+    """Chunked (and optionally weighted) embeddings laid out as diffusers' encode_prompt returns them,
+    with ``clip_skip`` applied as diffusers applies it."""
     encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
     encoders = [(t, e) for t, e in encoders if e is not None]
     prompts = [request.prompt, request.prompt_2 or request.prompt][-len(encoders):]
@@ -107,27 +134,30 @@ def _compel_embeds(pipe: Any, request: GenerationRequest, device: torch.device, 
     pooled: Dict[str, torch.Tensor] = {}
     for (tokenizer, encoder), prompt, neg in zip(encoders, prompts, negatives):
         is_last = encoder is encoders[-1][1]
-        compel = Compel(tokenizer=tokenizer, text_encoder=encoder, truncate_long_prompts=False,
-                        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                        requires_pooled=is_last, device=device, dtype_for_device_getter=lambda _: encoder.dtype)
-        provider = compel.conditioning_provider
+        # diffusers' clip_skip picks an earlier layer for the prompt only; negative prompts always come
+        # from the penultimate layer (encode_prompt), so the negative's compel reads the plain encoder.
+        compels = [_compel(tokenizer, _ClipSkipped.wrap(encoder, request.clip_skip), is_last, device)]
+        compels.append(_compel(tokenizer, encoder, is_last, device) if request.clip_skip else compels[0])
         texts = [prompt] + ([neg] if guidance and not zero_negative else [])
         embeds = []
         for i, text in enumerate(texts):
+            provider = compels[i].conditioning_provider
             frags = fragments(text)
             embeds.append(provider.get_embeddings_for_weighted_prompt_fragments(
                 [[f for f, _ in frags]], [[w for _, w in frags]], device=device))
             if is_last:
                 key = 'pooled_prompt_embeds' if i == 0 else 'negative_pooled_prompt_embeds'
                 pooled[key] = provider.get_pooled_embeddings([' '.join(f for f, _ in frags)], device=device)
-        per_encoder.append((compel, embeds))
+        per_encoder.append((compels, embeds))
 
-    # Pad every tensor (positive and negative, of both encoders) with empty chunks to one length.
+    # Pad every tensor (positive and negative, of both encoders) with empty chunks to one length,
+    # each with the empty chunk of the layer it was read from.
     length = max(e.shape[1] for _, embeds in per_encoder for e in embeds)
     padded = []
-    for compel, embeds in per_encoder:
+    for compels, embeds in per_encoder:
         probe = torch.zeros(1, length, embeds[0].shape[-1], dtype=embeds[0].dtype, device=embeds[0].device)
-        padded.append(compel.pad_conditioning_tensors_to_same_length(embeds + [probe])[:-1])
+        padded.append([compel.pad_conditioning_tensors_to_same_length([e, probe])[0]
+                       for compel, e in zip(compels, embeds)])
     result = {'prompt_embeds': torch.cat([p[0] for p in padded], dim=-1)}
     result['pooled_prompt_embeds'] = pooled['pooled_prompt_embeds']
     if guidance:

@@ -102,6 +102,8 @@ def test_schema_lists_every_parameter_with_its_limits():
     assert set(schema['properties']) | {'callback'} == set(known_parameters())
     steps = schema['properties']['num_inference_steps']
     assert (steps['type'], steps['minimum'], steps['maximum'], steps['default']) == ('integer', 1, 1000, 30)
-    assert schema['properties']['refiner_mode']['enum'] == ['ensemble', 'sdedit', 'none', None]
-    assert schema['properties']['strength']['x-refiner-modes'] == ['sdedit']
+    assert schema['properties']['refiner_mode']['enum'] == ['ensemble', 'sdedit', 'none', 'refiner_only', None]
+    assert schema['properties']['strength']['x-refiner-modes'] == ['sdedit', 'refiner_only']
+    assert schema['properties']['image']['type'] == ['string', 'null']
+    assert schema['properties']['denoising_strength']['x-refiner-modes'] == ['ensemble', 'sdedit', 'none']
     assert schema['properties']['height']['x-stage'] == 'base'

@@ -91,3 +91,44 @@ def test_pickle_lora_is_refused(tiny_sdxl, tmp_path):
 def test_lora_for_another_model_is_refused(tiny_sdxl, lora_files):
     with pytest.raises(ValueError, match='does not fit the base model'):
         build(tiny_sdxl, {'path': lora_files['refiner'], 'target': 'base'})
+
+
+@pytest.mark.parametrize('path', ['missing.safetensors', 'loras/missing.safetensors', './missing', 'a/b/c',
+                                  '~/no-such-lora-folder'])
+def test_a_local_lora_path_that_does_not_exist_is_never_sent_to_the_hub(tiny_sdxl, monkeypatch, path):
+    import modelscope_sdxl.lora as lora
+
+    asked = []
+    monkeypatch.setattr(lora, 'resolve_folder', lambda *args, **kwargs: asked.append(args))
+    with pytest.raises(FileNotFoundError) as info:
+        pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', lora=[(path, 0.5)])
+    message = str(info.value)
+    assert f'lora[0].path {path!r}: no such file or folder' in message
+    assert os.path.abspath(os.path.expanduser(path)) in message and "'owner/name'" in message
+    assert asked == []
+
+
+@pytest.mark.parametrize('ref,hub', [('owner/style-lora', True), ('Owner_1/name.v2', True),
+                                     ('owner/x.safetensors', False), ('x.safetensors', False), ('a/b/c', False),
+                                     ('./owner/name', False), ('/abs/owner', False), ('~/x', False)])
+def test_only_owner_name_ids_are_hub_ids(ref, hub):
+    from modelscope_sdxl.lora import is_hub_id
+
+    assert is_hub_id(ref) is hub
+
+
+def test_a_hub_id_goes_to_the_hub_and_a_local_folder_does_not(tmp_path, lora_files, monkeypatch):
+    import shutil
+
+    import modelscope_sdxl.lora as lora
+
+    asked = []
+    served = tmp_path / 'served'
+    served.mkdir()
+    shutil.copy(lora_files['base'], served / 'base_lora.safetensors')
+    monkeypatch.setattr(lora, 'resolve_folder', lambda ref, *args, **kwargs: asked.append(ref) or str(served))
+    spec = lora.parse_lora('owner/style-lora')[0]
+    assert lora._locate(spec, allow_pickle=False) == (str(served), 'base_lora.safetensors')
+    assert asked == ['owner/style-lora']
+    assert lora._locate(lora.parse_lora(str(served))[0], allow_pickle=False) == (str(served), 'base_lora.safetensors')
+    assert asked == ['owner/style-lora']

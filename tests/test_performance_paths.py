@@ -63,7 +63,7 @@ def test_refiner_embeddings_reused_from_the_base_equal_its_own_encoding(sdxl_pip
 @pytest.mark.parametrize('kwargs,words', [
     ({'memory_mode': 'tiny'}, ['memory_mode', "'lean'"]),
     ({'memory_mode': 'offload'}, ['offload', 'GPU']),
-    ({'memory_mode': 'lean', 'lora': 'x.safetensors'}, ['lean', 'lora']),
+    ({'memory_mode': 'lean', 'lora': 'owner/style-lora'}, ['lean', 'lora']),
 ])
 def test_bad_memory_modes(tiny_sdxl, kwargs, words):
     with pytest.raises(ValueError) as caught:

@@ -75,9 +75,45 @@ def test_attention_syntax(text, expected):
     assert parse_weighted(text) == expected
 
 
-def test_clip_skip_with_a_long_prompt_is_refused(sdxl_pipe):
-    with pytest.raises(ValueError, match='clip_skip cannot be combined'):
-        image(sdxl_pipe, text=LONG, clip_skip=1)
+@pytest.mark.parametrize('stage', ['base', 'refiner'])
+@pytest.mark.parametrize('clip_skip', [1, 2])
+def test_clip_skip_with_weighting_equals_diffusers_for_a_short_prompt(sdxl_pipe, stage, clip_skip):
+    """Weighting without weights goes through compel; with clip_skip it must still give what diffusers'
+    encode_prompt gives (an earlier layer for the prompt, the penultimate one for the negative)."""
+    pipe = getattr(sdxl_pipe.model.components, stage)
+    ours = embeds(sdxl_pipe, stage, text='a red circle', negative_prompt='blurry', prompt_weighting=True,
+                  clip_skip=clip_skip)
+    reference = pipe.encode_prompt('a red circle', negative_prompt='blurry', device=pipe.device,
+                                   clip_skip=clip_skip)
+    for name, ref in zip(['prompt_embeds', 'negative_prompt_embeds', 'pooled_prompt_embeds',
+                          'negative_pooled_prompt_embeds'], reference):
+        assert torch.allclose(ours[name], ref, atol=1e-5), name
+    assert not torch.allclose(ours['prompt_embeds'], embeds(sdxl_pipe, stage, text='a red circle',
+                                                            prompt_weighting=True)['prompt_embeds'], atol=1e-3)
+
+
+def test_clip_skip_with_a_long_prompt_reads_the_same_layer_as_diffusers(sdxl_pipe):
+    """The start of a long prompt is what diffusers encodes of it (diffusers cuts the rest; compel ends
+    its first chunk at a word boundary, a few tokens before the 77th, so only the first 64 are compared)."""
+    base = sdxl_pipe.model.components.base
+    ours = embeds(sdxl_pipe, text=LONG, negative_prompt='blurry', clip_skip=1)
+    cut = base.encode_prompt(LONG, negative_prompt='blurry', device=base.device, clip_skip=1)
+    assert ours['prompt_embeds'].shape[1] == 154
+    assert torch.allclose(ours['prompt_embeds'][:, :64], cut[0][:, :64], atol=1e-5)
+    without = embeds(sdxl_pipe, text=LONG, negative_prompt='blurry')['prompt_embeds']
+    assert not torch.allclose(ours['prompt_embeds'][:, 77:], without[:, 77:], atol=1e-3), \
+        'clip_skip must reach every chunk'
+    assert image(sdxl_pipe, text=LONG, clip_skip=1).shape == (64, 64, 3)
+
+
+def test_clip_skip_with_a_weighted_prompt(sdxl_pipe):
+    weighted = embeds(sdxl_pipe, text='a (red:1.5) circle', prompt_weighting=True, clip_skip=1)['prompt_embeds']
+    neutral = embeds(sdxl_pipe, text='a red circle', prompt_weighting=True, clip_skip=1)['prompt_embeds']
+    unskipped = embeds(sdxl_pipe, text='a (red:1.5) circle', prompt_weighting=True)['prompt_embeds']
+    assert not torch.allclose(weighted, neutral, atol=1e-3)
+    assert not torch.allclose(weighted, unskipped, atol=1e-3)
+    assert image(sdxl_pipe, text='a (red:1.5) circle', prompt_weighting=True, clip_skip=2,
+                 refiner_mode='sdedit').shape == (64, 64, 3)
 
 
 def test_callback_reports_each_step_of_each_stage(sdxl_pipe):

@@ -154,6 +154,15 @@ def test_the_server_serves_the_hub_repo_with_this_packages_pipeline(server, dire
     assert {(BASE_ID, REVISION, decoy) for decoy in BASE_DECOYS} <= set(downloads)
 
 
+def _png_base64(bgr: np.ndarray) -> str:
+    return base64.b64encode(cv2.imencode('.png', bgr)[1].tobytes()).decode('ascii')
+
+
+# The caller's own picture and mask as JSON callers send them: base64 PNG.
+PICTURE = _png_base64(np.ascontiguousarray(np.kron(np.eye(2, dtype=np.uint8)[:, :, None] * np.array(
+    [40, 200, 90], np.uint8), np.ones((32, 32, 1), np.uint8))))
+MASK = _png_base64(np.pad(np.full((32, 32), 255, np.uint8), 16))
+
 # Every parameter of the contract, sent in "parameters": one request per refiner mode.
 EVERY_PARAMETER = [
     ('a red dog on a blue sea', {
@@ -168,6 +177,11 @@ EVERY_PARAMETER = [
         'prompt_weighting': True, 'refiner_mode': 'sdedit', 'strength': 0.5, 'aspect_ratio': '16:9',
         'num_inference_steps': 4, 'seed': 12, 'scheduler': 'euler_ancestral'}),
     ('a green tree', {'refiner_mode': 'none', 'num_inference_steps': 3, 'seed': 13, 'guidance_scale': 1.0}),
+    ('a green square on a white background', {
+        'image': PICTURE, 'mask_image': MASK, 'denoising_strength': 0.8, 'refiner_mode': 'sdedit',
+        'num_inference_steps': 6, 'seed': 14}),
+    ('a red circle', {'image': PICTURE, 'refiner_mode': 'refiner_only', 'strength': 0.5, 'num_inference_steps': 6,
+                      'seed': 15}),
 ]
 
 
@@ -177,7 +191,8 @@ def test_every_parameter_works_in_the_requests_parameters(server, direct):
     for text, params in EVERY_PARAMETER:
         body = assert_served_like_direct(server, direct, text, params)
         assert len(body['output_imgs']) == params.get('num_images_per_prompt', 1)
-        sent = {k: v for k, v in params.items() if k != 'aspect_ratio'}
+        # Pictures are the caller's: not repeated in the answer's parameters.
+        sent = {k: v for k, v in params.items() if k not in ('aspect_ratio', 'image', 'mask_image')}
         assert {k: body['parameters'][k] for k in sent} == sent
         if 'aspect_ratio' in params:  # SDXL's nearest bucket, scaled to the tiny model's native 64
             height, width = bucket_for_aspect_ratio(params['aspect_ratio'], 64, 8)
@@ -197,7 +212,10 @@ BAD_REQUESTS = [
     ({'input': {'text': 'a dog'}, 'parameters': {'height': 30}},
      'ValueError: height must be a multiple of 8 between 8 and 4096, got 30'),
     ({'input': {'text': 'a dog'}, 'parameters': {'refiner_mode': 'none', 'strength': 0.5}},
-     "ValueError: strength applies only to refiner_mode='sdedit', not 'none'"),
+     "ValueError: strength applies only to refiner_mode='sdedit' or 'refiner_only', not 'none'"),
+    ({'input': {'text': 'a dog'}, 'parameters': {'image': 'data:image/png;base64,AAAA'}},
+     'ValueError: image: the data URL does not hold base64 PNG or JPEG data'),
+    ({'input': {'text': 'a dog'}, 'parameters': {'mask_image': MASK}}, 'ValueError: mask_image needs an image'),
     # ModelScope's server accepts only the task's input keys ("text") in "input".
     ({'input': {'text': 'a dog', 'seed': 1}}, "KeyError: 'seed'"),
 ]

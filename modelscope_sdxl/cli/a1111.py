@@ -41,7 +41,7 @@ LABELS = {
     'refiner_mode': 'Refiner mode', 'high_noise_frac': 'Refiner switch at', 'strength': 'Refiner strength',
     'guidance_rescale': 'Guidance rescale', 'clip_skip': 'Clip skip', 'aesthetic_score': 'Aesthetic score',
     'negative_aesthetic_score': 'Negative aesthetic score', 'model': 'Model', 'model_revision': 'Model revision',
-    'refiner': 'Refiner', 'refiner_revision': 'Refiner revision',
+    'refiner': 'Refiner', 'refiner_revision': 'Refiner revision', 'denoising_strength': 'Denoising strength',
 }
 SCHEDULE_LABEL = 'Schedule type'
 

@@ -80,7 +80,8 @@ def _remove_stale_files(out_dir: str, old: Optional[Dict[str, Any]], kept: List[
 
 def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revision: Optional[str] = None,
               refiner: Optional[str] = None, refiner_revision: Optional[str] = None,
-              device: Optional[str] = None, ray_address: Optional[str] = None, workers: Optional[int] = None,
+              device: Optional[str] = None, dtype: Optional[str] = None, ray_address: Optional[str] = None,
+              workers: Optional[int] = None,
               gpus_per_worker: Optional[float] = None, cpus_per_worker: float = 1.0,
               ray_init_kwargs: Optional[Dict[str, Any]] = None, retry_invalid: bool = False, pipe: Any = None,
               on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -94,6 +95,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
             the built-in mini model); see :class:`sources.ModelSource`.
         device: 'cpu', 'gpu', 'cuda:N'; default: 'gpu' when CUDA is available here (on Ray: when
             workers get GPUs), else 'cpu'.
+        dtype: 'float16', 'bfloat16' or 'float32' for the UNets and text encoders (``--dtype``).
         ray_address: None runs here, in this process; 'local' starts a Ray instance on this machine
             for this run; 'auto' joins the cluster this machine belongs to; anything else is a Ray
             address ('HOST:6379', 'ray://HOST:10001'). In a process that has already called
@@ -121,7 +123,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
     for name, value in (('gpus_per_worker', gpus_per_worker), ('cpus_per_worker', cpus_per_worker)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f'{name} must be a number >= 0, got {value!r}')
-    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device).check()
+    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype=dtype).check()
 
     if not os.path.isfile(prompts):
         raise FileNotFoundError(f'prompts file {prompts!r} does not exist')
@@ -146,14 +148,15 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
         recorded_source = source.record() if pipe is None else {}
 
         def record(item: Item, outcome: Dict[str, Any], images: List[Any]) -> None:
-            from .png import image_parameters, save_png
+            from .png import image_parameters, picture_records, save_png
 
             entry: Dict[str, Any] = {'id': item.id, 'line': item.line, 'status': outcome['status']}
             if outcome['status'] == 'ok':
                 files = [f'{item.name}-{k}.png' for k in range(1, len(images) + 1)]
                 per_image = image_parameters(outcome['parameters'], outcome['seeds'])
                 for name, image, parameters in zip(files, images, per_image):
-                    save_png(os.path.join(out_dir, name), image, parameters, recorded_source)
+                    save_png(os.path.join(out_dir, name), image, parameters,
+                             {**recorded_source, **picture_records(item.input or {})})
                 _remove_stale_files(out_dir, manifest.records.get(item.id), files)
                 entry.update(files=files, seed=outcome['seed'], seeds=outcome['seeds'],
                              parameters=outcome['parameters'])

@@ -56,6 +56,21 @@ def _check_id(value: Any) -> str:
     return text
 
 
+def _resolve_pictures(inputs: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """image / mask_image file paths are relative to the JSONL file; made absolute here, so the item runs
+    the same from any working directory and on a Ray worker. Base64 data is left as it is."""
+    import os
+
+    from ..images import is_encoded
+    from ..parameters import PICTURES
+
+    for name in PICTURES:
+        value = inputs.get(name)
+        if isinstance(value, str) and value and not os.path.isabs(value) and not is_encoded(value):
+            inputs[name] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
+    return inputs
+
+
 def read_items(path: str) -> List[Item]:
     """Parse the input file: one item per non-blank line, each with an id, in file order.
 
@@ -106,7 +121,7 @@ def read_items(path: str) -> List[Item]:
             used[item_id] = number
             items.append(Item(item_id, number, raw=text, error=error))
             continue
-        inputs = {k: v for k, v in obj.items() if k != 'id'}
+        inputs = _resolve_pictures({k: v for k, v in obj.items() if k != 'id'}, path)
         item_id = None
         if 'id' in obj:
             try:

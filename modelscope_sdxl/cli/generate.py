@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from ..parameters import MAX_SEED, PARAMS, PARAMS_BY_NAME, bucket_for_aspect_ratio, check_names, check_value
+from ..parameters import (MAX_SEED, PARAMS, PARAMS_BY_NAME, PICTURES, bucket_for_aspect_ratio, check_names,
+                          check_value)
 from ..schedulers import SCHEDULER_NAMES
 from .errors import CommandError
 from .flags import draw_seed, sampler_name, seed_value, with_default
@@ -29,9 +30,11 @@ from .sources import BUILTIN_MODELS, DEFAULT_MODEL, SOURCE_KEYS, ModelSource, ad
 from .threads import use_cli_threads
 
 # Short flags for the parameters typed most often, and A1111's / diffusers' words for them.
-ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images'],
+ALIASES = {'num_inference_steps': ['--steps'], 'num_images_per_prompt': ['--num-images'], 'mask_image': ['--mask'],
            'guidance_scale': ['--cfg', '--cfg-scale'], 'scheduler': ['--sampler'], 'width': ['-W'],
            'height': ['-H']}
+# Flags whose value is a file path.
+_METAVARS = {'image': 'PATH', 'mask_image': 'PATH'}
 # Parameters whose flags read their value in their own way (cli/flags.py).
 VALUE_TYPES = {'seed': seed_value, 'scheduler': sampler_name}
 # Help lines the table's descriptions do not say for a command line.
@@ -63,9 +66,10 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=p.name, type=int, nargs=2, default=None, help=help_text,
                                metavar=('TOP', 'LEFT') if 'crops' in p.name else ('HEIGHT', 'WIDTH'))
         else:
-            kind = VALUE_TYPES.get(p.name) or {'integer': int, 'number': float, 'string': str}[p.type]
+            kind = VALUE_TYPES.get(p.name) or {'integer': int, 'number': float, 'string': str, 'image': str,
+                                               'mask': str}[p.type]
             group.add_argument(*flags, dest=p.name, type=kind, default=None, choices=list(p.choices) or None,
-                               metavar='NAME' if p.choices else None, help=help_text)
+                               metavar=_METAVARS.get(p.name) or ('NAME' if p.choices else None), help=help_text)
 
 
 def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -117,10 +121,10 @@ def merge_parameters(from_file: Dict[str, Any], flags: Dict[str, Any],
     """A file's parameters overridden by flags, without the file's values that the flags make
     inapplicable (height/width under --aspect-ratio; another refiner mode's parameters)."""
     merged = dict(from_file)
-    if 'aspect_ratio' in flags:
+    if 'aspect_ratio' in flags or flags.get('image') is not None:
         merged.pop('height', None)
         merged.pop('width', None)
-    if 'height' in flags or 'width' in flags:
+    if 'height' in flags or 'width' in flags or flags.get('image') is not None:
         merged.pop('aspect_ratio', None)
     mode = flags.get('refiner_mode')
     if mode is None and refiner_removed and merged.get('refiner_mode') not in (None, 'none'):
@@ -236,6 +240,7 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
             raise CommandError(f'--from-png: the parameters in {args.from_png!r} are not a JSON object')
         source = {k: record.pop(k) for k in SOURCE_KEYS if k in record}
         lora_recorded = record.pop(LORA_KEY, None)
+        _check_pictures(args, {k: record.pop(k) for k in PICTURES if isinstance(record.get(k), dict)})
         from_file = record
     refiner_removed = args.refiner is not None and args.refiner.lower() == 'none'
     flags = parameters_from_flags(args)
@@ -264,8 +269,10 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
         if value is not None and not isinstance(value, str):
             raise CommandError(f'--from-png: the {key} in {args.from_png!r} must be a string, got {value!r}')
     encoded, lora, lora_record = lora_for_pipeline(params, args.lora, lora_recorded, args.lora_dir)
-    return GenerateJob(params, ModelSource(model, revision, refiner, refiner_revision, args.device).check(),
-                       encoded=encoded, lora=lora, lora_record=lora_record, batch_count=batch_count, notes=notes)
+    model_source = ModelSource(model, revision, refiner, refiner_revision, args.device,
+                               dtype=getattr(args, "dtype", None))
+    return GenerateJob(params, model_source.check(), encoded=encoded, lora=lora, lora_record=lora_record,
+                       batch_count=batch_count, notes=notes)
 
 
 def save_images(output: Dict[str, Any], paths: List[str], extra: Dict[str, Any],
@@ -286,12 +293,31 @@ def show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
+def _check_pictures(args: argparse.Namespace, recorded: Dict[str, Any]) -> None:
+    """A PNG made from a picture needs that picture again: name the file it was made from, and note a
+    different one (its pixels will differ)."""
+    from ..images import file_sha256
+
+    for name, record in recorded.items():
+        flag = '--image' if name == 'image' else '--mask'
+        described = f"{record.get('file') or 'base64 data'!r} (SHA-256 {record.get('sha256')})"
+        given = getattr(args, name, None)
+        if given is None:
+            raise CommandError(f'--from-png: {args.from_png} was made from the {name} {described}; '
+                               f'give it with {flag} PATH')
+        if os.path.isfile(given) and file_sha256(given) != record.get('sha256'):
+            print(f'note: {flag} {given} is not the {name} {args.from_png} was made from ({described}); '
+                  'the result will differ', file=sys.stderr)
+
+
 def generate_command(args: argparse.Namespace) -> int:
+    from .png import picture_records
+
     job = plan_generate(args)
     if not args.quiet:
         for note in job.notes:
             print(note, file=sys.stderr)
-    extra = job.source.record()
+    extra = {**job.source.record(), **picture_records(job.parameters)}
     if job.lora_record:
         extra[LORA_KEY] = job.lora_record
     total = job.batch_count * job.parameters.get('num_images_per_prompt', 1)

@@ -53,3 +53,26 @@ def read_png_parameters(path: str) -> Dict[str, Any]:
     if A1111_KEY in text:
         return parse_a1111_text(text[A1111_KEY])
     raise ValueError(f'{path} carries no generation parameters (no {JSON_KEY!r} or {A1111_KEY!r} text chunk)')
+
+
+def picture_records(inputs: Dict[str, Any]) -> Dict[str, Any]:
+    """What a PNG records of the pictures a call started from: for each of image / mask_image given as a
+    file, its name and the SHA-256 of its bytes (for base64 data, the SHA-256 of the decoded bytes), so
+    ``--from-png`` can say which file it needs and check the one given."""
+    import hashlib
+    import os
+
+    from ..images import encoded_bytes, file_sha256
+    from ..parameters import PICTURES
+
+    records: Dict[str, Any] = {}
+    for name in PICTURES:
+        value = inputs.get(name)
+        if not isinstance(value, str):
+            continue
+        data = encoded_bytes(value)
+        if data is not None:
+            records[name] = {'sha256': hashlib.sha256(data).hexdigest()}
+        elif os.path.isfile(value):
+            records[name] = {'file': os.path.basename(value), 'sha256': file_sha256(value)}
+    return records

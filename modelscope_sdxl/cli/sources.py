@@ -19,7 +19,9 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional
 
+from ..dtypes import DTYPE_NAMES
 from ..hub import BASE_FILES, check_device, is_local_reference, resolve_folder
+from ..single_file import is_single_file
 from .errors import CommandError, http_status
 from .files import flock
 
@@ -63,7 +65,8 @@ BUILTIN_HELP = ("'mini' (default) draws shapes from prompts such as 'a red circl
 def model_record(ref: Optional[str]) -> Optional[str]:
     """A model or refiner reference that means the same from any working directory: a built-in name,
     'none', a hub id, or an absolute folder. PNGs record it; Ray workers are given it."""
-    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not is_local_reference(ref):
+    if ref is None or ref in BUILTIN_MODELS or ref.lower() == 'none' or not (is_local_reference(ref)
+                                                                            or is_single_file(ref)):
         return ref
     return os.path.abspath(os.path.expanduser(ref))
 
@@ -88,26 +91,32 @@ class ModelSource:
     refiner: Optional[str] = None
     refiner_revision: Optional[str] = None
     device: Optional[str] = None
+    #: precision of the UNets and text encoders (one of DTYPE_NAMES); None: fp16 on CUDA, fp32 on a CPU
+    dtype: Optional[str] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> 'ModelSource':
         """The source named by :func:`add_model_arguments`' flags, checked."""
         return cls(args.model or DEFAULT_MODEL, args.revision, args.refiner, args.refiner_revision,
-                   args.device).check()
+                   args.device, dtype=getattr(args, 'dtype', None)).check()
 
     def check(self) -> 'ModelSource':
         """Refuse a revision that cannot apply and a malformed device, naming the flag; returns self."""
         for flag, value in (('--model', self.model), ('--revision', self.revision), ('--refiner', self.refiner),
-                            ('--refiner-revision', self.refiner_revision), ('--device', self.device)):
+                            ('--refiner-revision', self.refiner_revision), ('--device', self.device),
+                            ('--dtype', self.dtype)):
             if value is not None and not isinstance(value, str):
                 raise CommandError(f'{flag} must be a string, got {value!r}')
         if self.revision is not None:
             if self.model in BUILTIN_MODELS:
                 raise CommandError(f'--revision applies to a hub model, not to the built-in {self.model!r} model')
-            if is_local_reference(self.model):
-                raise CommandError(f'--revision applies to a hub model; {self.model!r} is a local folder')
+            if is_local_reference(self.model) or is_single_file(self.model):
+                raise CommandError(f'--revision applies to a hub model; {self.model!r} is a local '
+                                   f'{"file" if is_single_file(self.model) else "folder"}')
         if self.device is not None:
             check_device(self.device)
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise CommandError(f'--dtype must be one of {", ".join(DTYPE_NAMES)}, got {self.dtype!r}')
         return self
 
     @property
@@ -128,6 +137,11 @@ class ModelSource:
         pipeline reads. An unknown hub repo or revision is a CommandError naming it."""
         if self.model in BUILTIN_MODELS:
             return os.path.abspath(BUILTIN_MODELS[self.model]())
+        if is_single_file(self.model):
+            path = os.path.abspath(os.path.expanduser(self.model))
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'--model: single-file checkpoint {self.model!r} does not exist')
+            return path
         if is_local_reference(self.model):
             folder = os.path.abspath(os.path.expanduser(self.model))
             if not os.path.isdir(folder):
@@ -159,20 +173,26 @@ class ModelSource:
             kwargs['refiner_revision'] = self.refiner_revision
         if lora:
             kwargs['lora'] = lora  # the pipeline's lora= (cli/lora_args.py)
+        if self.dtype is not None:
+            kwargs['torch_dtype'] = self.dtype
         return pipeline(task=TASK, model=folder, pipeline_name=PIPELINE_TYPE, **kwargs)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str = '') -> None:
-    """--model, --revision, --refiner, --refiner-revision, --device: read back by ModelSource.from_args."""
+    """--model, --revision, --refiner, --refiner-revision, --device, --dtype: read back by ModelSource.from_args."""
     group = parser.add_argument_group('model')
     group.add_argument('--model', default=None,
-                       help=f'hub id or local folder of the base model, or a built-in model: {BUILTIN_HELP}'
+                       help='hub id or local folder of the base model, a single-file checkpoint (a path ending in '
+                       f'.safetensors, as AUTOMATIC1111 uses), or a built-in model: {BUILTIN_HELP}'
                        + extra_model_help)
     group.add_argument('--revision', default=None, help='revision (tag, branch or commit) of a hub model')
     group.add_argument('--refiner', default=None,
-                       help="refiner hub id or folder (default: the model's configuration.json); 'none' for the "
-                       'base alone')
+                       help="refiner hub id, folder or single .safetensors file (default: the model's "
+                       "configuration.json); 'none' for the base alone")
     group.add_argument('--refiner-revision', default=None, help='revision of the refiner repo')
     group.add_argument('--device', default=None,
                        help="'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N' (default: 'gpu' where there is one, else "
                        "'cpu'); the same pixels come back on the same kind of device")
+    group.add_argument('--dtype', default=None, choices=DTYPE_NAMES,
+                       help='precision of the UNets and text encoders (the VAE stays float32); default: float16 on '
+                       'a GPU, float32 on a CPU, where half precision is slower unless the CPU has native units')
