@@ -96,7 +96,8 @@ def test_bad_picture_flags_end_in_one_line(tiny_sdxl, tmp_path, capsys):
         (['--mask', mask], 'mask_image needs an image'),
         (['--image', image, '--height', 64], 'height cannot be given with an image'),
         (['--image', image, '--denoising-strength', 1.5], 'denoising_strength must be'),
-        (['--refiner-mode', 'refiner_only'], "refiner_mode='refiner_only' refines a given picture"),
+        # In the command line's words (cli/words.py).
+        (['--refiner-mode', 'refiner_only'], '--refiner-mode refiner_only refines a given picture'),
     ]:
         code, _, err = run_cli(['generate', PROMPT, '--model', tiny_sdxl[0], '--out', tmp_path / 'b.png', '--quiet',
                                 *argv], capsys)
