@@ -363,3 +363,14 @@ def test_modelscope_sdxl_quiet_leaves_only_the_modelscope_commands_banner(tmp_pa
                             '--overwrite'], env=env, cwd=str(tmp_path), capture_output=True, text=True,
                            timeout=TIMEOUT)
     assert plain.returncode == 0 and plain.stderr == ''
+
+
+@pytest.mark.parametrize('recorded', ['style.safetensors', [{'path': 1}], [{'path': 'a/b', 'scale': 'big'}],
+                                      [{'path': 'a/b', 'scale': float('nan')}]])
+def test_a_files_malformed_lora_record_is_refused_naming_it(recorded, tmp_path, capsys):
+    from modelscope_sdxl.cli.png import save_png
+
+    source = tmp_path / 'bad-lora.png'
+    save_png(str(source), np.zeros((8, 8, 3), np.uint8), {'text': 'a dog'}, {'lora': recorded})
+    code, _, err = run_cli(['generate', '--from-png', source, '-o', tmp_path / 'o.png'], capsys)
+    assert code == 2 and "--from-png: the file's 'lora' must be a list of" in err.splitlines()[-1], err

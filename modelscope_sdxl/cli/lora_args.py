@@ -120,8 +120,12 @@ def lora_for_pipeline(params: Dict[str, Any], flags: Optional[List[str]], record
 def _recorded_list(recorded: Any) -> List[Dict[str, Any]]:
     if recorded is None:
         return []
-    if not isinstance(recorded, list) or not all(isinstance(e, dict) and isinstance(e.get('path'), str)
-                                                 for e in recorded):
+    def valid(entry: Any) -> bool:
+        scale = entry.get('scale', 1.0) if isinstance(entry, dict) else None
+        return isinstance(entry, dict) and isinstance(entry.get('path'), str) and not isinstance(scale, bool) \
+            and isinstance(scale, (int, float)) and math.isfinite(scale)
+
+    if not isinstance(recorded, list) or not all(valid(e) for e in recorded):
         raise CommandError(f"--from-png: the file's {LORA_KEY!r} must be a list of {{'path': ..., 'scale': ...}}, "
                            f'got {recorded!r}')
     return recorded
