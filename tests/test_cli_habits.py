@@ -96,6 +96,16 @@ def test_a_close_typo_gets_a_suggestion(argv, hint, capsys):
     assert code == 2 and err.splitlines()[-1].endswith(hint), err
 
 
+@pytest.mark.parametrize('message', [
+    "argument --sampler: invalid choice: 'eulr' (choose from 'euler', 'euler_ancestral')",  # Python < 3.12.8
+    "argument --sampler: invalid choice: 'eulr' (choose from euler, euler_ancestral)",  # later versions
+])
+def test_the_suggestion_reads_both_forms_of_argparses_message(message):
+    from modelscope_sdxl.cli.flags import SuggestingParser
+
+    assert SuggestingParser()._hint(message) == "; did you mean 'euler'?"
+
+
 # ---------------------------------------------------------------------------------------------
 # Files and counts
 # ---------------------------------------------------------------------------------------------

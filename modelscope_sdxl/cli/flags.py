@@ -56,7 +56,8 @@ def suggestion(word: str, known: Iterable[str]) -> Optional[str]:
     return close[0] if close else None
 
 
-_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)")
+# Python < 3.12.8 quotes the choices ('a', 'b'); later versions list them bare (a, b).
+_INVALID_CHOICE = re.compile(r"invalid choice: '?(?P<word>[^']*?)'? \(choose from (?P<choices>.*)\)")
 
 
 class SuggestingParser(argparse.ArgumentParser):
@@ -89,7 +90,7 @@ class SuggestingParser(argparse.ArgumentParser):
             return '; did you mean ' + ', '.join(f'{near} for {flag}' for flag, near in hints) + '?' if hints else ''
         match = _INVALID_CHOICE.search(message)
         if match:
-            choices = re.findall(r"'([^']*)'", match.group('choices'))
+            choices = re.findall(r"'([^']*)'", match.group('choices')) or match.group('choices').split(', ')
             near = suggestion(match.group('word'), choices)
             return f'; did you mean {near!r}?' if near else ''
         return ''
