@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
+from ..limits import RequestLimits, check_prompt_lengths
 from ..parameters import PARAMS, PARAMS_BY_NAME, bucket_for_aspect_ratio, check_names, check_value
 from .errors import CommandError
 from .quiet import quiet_libraries, silent_stderr, verbose
@@ -122,12 +123,20 @@ def check_parameters(params: Dict[str, Any], source: str) -> None:
     """Names and values checked against the table before any model is loaded (the model-dependent
     checks follow in the pipeline)."""
     check_names(params, where=f'{source}: ')
+    check_prompt_lengths(params, RequestLimits())  # the pipeline's default caps, before anything loads
     for name, value in params.items():
         check_value(PARAMS_BY_NAME[name], value)
     if params.get('aspect_ratio') is not None:
         bucket_for_aspect_ratio(params['aspect_ratio'], 1024, 8)  # raises on a malformed ratio
     if params.get('text') is None:
         raise CommandError('give a PROMPT, or --from-png FILE to make the image of a PNG again')
+
+
+def check_png_source(source: Dict[str, Any], path: str) -> None:
+    """A PNG's model fields must be non-empty strings (an empty model must not mean the default model)."""
+    for key, value in source.items():
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise CommandError(f'--from-png: the {key} in {path!r} must be a non-empty string, got {value!r:.100}')
 
 
 @dataclass
@@ -154,6 +163,7 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
         if not isinstance(record, dict):
             raise CommandError(f'--from-png: the parameters in {args.from_png!r} are not a JSON object')
         source = {k: record.pop(k) for k in SOURCE_KEYS if k in record}
+        check_png_source(source, args.from_png)
         from_file = record
     refiner_removed = args.refiner is not None and args.refiner.lower() == 'none'
     flags = parameters_from_flags(args)

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional
 
-from ..hub import BASE_FILES, check_device, is_local_reference, resolve_folder
+from ..hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
 from .errors import CommandError, http_status
 from .files import flock
 
@@ -88,12 +88,13 @@ class ModelSource:
     refiner: Optional[str] = None
     refiner_revision: Optional[str] = None
     device: Optional[str] = None
+    allow_pickle: bool = False  # only this flag (--allow-pickle) lets pickle weights load; never a PNG or a repo
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> 'ModelSource':
         """The source named by :func:`add_model_arguments`' flags, checked."""
         return cls(args.model or DEFAULT_MODEL, args.revision, args.refiner, args.refiner_revision,
-                   args.device).check()
+                   args.device, getattr(args, 'allow_pickle', False)).check()
 
     def check(self) -> 'ModelSource':
         """Refuse a revision that cannot apply and a malformed device, naming the flag; returns self."""
@@ -134,7 +135,7 @@ class ModelSource:
                 raise FileNotFoundError(f'model folder {self.model!r} does not exist')
             return folder
         try:
-            return resolve_folder(self.model, self.revision, BASE_FILES)
+            return resolve_folder(self.model, self.revision, files_to_fetch(BASE_FILES, self.allow_pickle))
         except OSError as exc:
             if http_status(exc) != 404:
                 raise
@@ -157,6 +158,8 @@ class ModelSource:
             kwargs['refiner'] = None if self.no_refiner else self.refiner
         if self.refiner_revision is not None:
             kwargs['refiner_revision'] = self.refiner_revision
+        if self.allow_pickle:
+            kwargs['allow_pickle'] = True
         return pipeline(task=TASK, model=folder, pipeline_name=PIPELINE_TYPE, **kwargs)
 
 
@@ -174,3 +177,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str =
     group.add_argument('--device', default=None,
                        help="'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N' (default: 'gpu' where there is one, else "
                        "'cpu'); the same pixels come back on the same kind of device")
+    group.add_argument('--allow-pickle', action='store_true',
+                       help='allow pickle weights (.bin, .ckpt, ...), which can run code when loaded; only for '
+                       "models you trust (a repo's configuration.json cannot allow them)")
