@@ -186,7 +186,8 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
                        ('refiner revision', refiner_revision)):
         if value is not None and not isinstance(value, str):
             raise CommandError(f'--from-png: the {key} in {args.from_png!r} must be a string, got {value!r}')
-    return GenerateJob(params, ModelSource(model, revision, refiner, refiner_revision, args.device).check())
+    return GenerateJob(params, ModelSource(model, revision, refiner, refiner_revision, args.device,
+                                           getattr(args, 'allow_pickle', False)).check())
 
 
 def save_images(output: Dict[str, Any], out: str, extra: Dict[str, Any]) -> List[str]:
