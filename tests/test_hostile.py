@@ -422,7 +422,7 @@ def test_hostile_pngs_get_one_line_errors_and_exit_2(tmp_path, capsys):
 def test_ray_resources_must_be_finite(tmp_path, capsys, flag, value):
     prompts = tmp_path / 'p.jsonl'
     prompts.write_text('{"text": "a dog"}\n')
-    code, _, err = run_cli(['batch', prompts, '--out', tmp_path / 'out', '--ray', 'local', flag, value], capsys)
+    code, _, err = run_cli(['batch', prompts, '--out', tmp_path / 'out', '--ray', 'local', f'{flag}={value}'], capsys)
     name = flag[2:].replace('-', '_')
     assert code == 2 and f'{name} must be a finite number >= 0, got {float(value)!r}' in err
     assert not os.path.exists(tmp_path / 'out')
