@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping
 
 #: Prompt fields: each is checked on its own.
 TEXT_PARAMS = ('text', 'negative_prompt', 'prompt_2', 'negative_prompt_2')
@@ -25,9 +24,6 @@ LIMIT_ARGS = ('max_prompt_chars', 'max_prompt_tokens', 'max_pixel_steps_per_call
 #: prompt_weighting: deepest nesting of ( ) and [ ], and the largest weight allowed.
 MAX_WEIGHT_NESTING = 50
 MAX_PROMPT_WEIGHT = 10.0
-
-_SURROGATE = re.compile('[\ud800-\udfff]')
-
 
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
@@ -47,20 +43,6 @@ class RequestLimits:
                     raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
                 values[name] = value
         return cls(**values)
-
-
-def lone_surrogate(text: str) -> Optional[int]:
-    """Index of the first lone surrogate (not valid Unicode: it cannot be encoded as UTF-8), or None."""
-    match = _SURROGATE.search(text)
-    return None if match is None else match.start()
-
-
-def check_text(name: str, text: str) -> None:
-    """Refuse text that is not valid Unicode, naming the parameter (a tokenizer would fail deep inside)."""
-    index = lone_surrogate(text)
-    if index is not None:
-        raise ValueError(f'{name} holds a lone surrogate ({ascii(text[index])} at character {index}), which is '
-                         'not valid Unicode; on the command line this comes from an argument that is not UTF-8')
 
 
 def check_prompt_lengths(raw: Mapping[str, Any], limits: RequestLimits) -> None:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .limits import check_text
+from .text_checks import check_text
 from .schedulers import SCHEDULER_NAMES
 
 REFINER_MODES = ('ensemble', 'sdedit', 'none')

@@ -14,7 +14,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ..limits import lone_surrogate
+from ..text_checks import lone_surrogate
 
 if TYPE_CHECKING:
     import numpy as np
