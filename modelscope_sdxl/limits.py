@@ -86,6 +86,8 @@ def _texts(request: Any) -> Dict[str, str]:
 def check_request(request: Any, limits: RequestLimits, tokenizers: Iterable[Any]) -> None:
     """Caps that need the validated request: prompt weights, prompt tokens and the call's work.
     Counting tokens is linear in the (already capped) characters; nothing is encoded."""
+    from .prompts import _ENCODE_LOCK  # the tokenizers are shared and not thread-safe
+
     texts = _texts(request)
     if request.prompt_weighting:
         for name, text in texts.items():
@@ -94,7 +96,8 @@ def check_request(request: Any, limits: RequestLimits, tokenizers: Iterable[Any]
         if tokenizer is None:
             continue
         for name, text in texts.items():
-            count = len(tokenizer(text).input_ids)
+            with _ENCODE_LOCK:
+                count = len(tokenizer(text).input_ids)
             if count > limits.max_prompt_tokens:
                 raise ValueError(f'{name} has {count} tokens, more than max_prompt_tokens '
                                  f'({limits.max_prompt_tokens}) of this pipeline; shorten it, or build the '
