@@ -56,7 +56,8 @@ def weights_file(folder: str, component: str, allow_pickle: bool) -> str:
     if pickles:
         raise ModelFolderError(
             f'{component}: {os.path.join(sub, pickles[0])} is a pickle file, which can run code when loaded; '
-            f'it is refused unless the pipeline is built with allow_pickle=True (or convert it to {stem}.safetensors)')
+            f'it is refused unless the caller opts in with pipeline(..., allow_pickle=True) or --allow-pickle (a '
+            f"repo's configuration.json cannot), or convert it to {stem}.safetensors")
     raise ModelFolderError(f'{component}: {safe} is missing')
 
 
@@ -120,6 +121,7 @@ def _check_weights(folder: str, component: str, allow_pickle: bool) -> None:
 def check_folder(folder: str, role: str, allow_pickle: bool = False) -> Dict[str, Any]:
     """Check an SDXL `role` ('base' or 'refiner') folder; return its configs by component."""
     expected_class = BASE_PIPELINE if role == 'base' else REFINER_PIPELINE
+    check_links(folder)
     index = _read_json(os.path.join(folder, 'model_index.json'), f'SDXL {role} folder {folder}')
     class_name = index.get('_class_name')
     if class_name != expected_class:
@@ -133,15 +135,19 @@ def check_folder(folder: str, role: str, allow_pickle: bool = False) -> Dict[str
         if not os.path.isdir(sub):
             raise ModelFolderError(f'SDXL {role} folder {folder} has no {component}/ folder')
         if component in NETWORKS:
+            check_config_fields(sub, component)
             _check_weights(folder, component, allow_pickle)
             configs[component] = _read_json(os.path.join(sub, 'config.json'), component)
         elif component == 'scheduler':
             configs[component] = _read_json(os.path.join(sub, 'scheduler_config.json'), component)
         elif not any(os.path.isfile(os.path.join(sub, f)) for f in ('tokenizer.json', 'vocab.json')):
             raise ModelFolderError(f'{component}: {sub} holds neither tokenizer.json nor vocab.json')
+        else:
+            check_bpe_files(sub, component)
     if role == 'refiner':
         for shared in ('text_encoder_2', 'vae'):
             path = os.path.join(folder, shared, 'config.json')
+            check_config_fields(os.path.dirname(path), shared)
             if os.path.isfile(path):
                 configs[shared] = _read_json(path, shared)
     return configs
@@ -186,3 +192,104 @@ def check_pair(base: Dict[str, Any], refiner: Optional[Dict[str, Any]]) -> None:
     if r_unet.get('in_channels') != base['vae'].get('latent_channels'):
         raise ModelFolderError(f"refiner unet/config.json: in_channels is {r_unet.get('in_channels')}, but the VAE "
                                f"makes {base['vae'].get('latent_channels')}-channel latents")
+
+
+# Config fields the pipeline relies on: component -> {field: (required, kind)}; kind 'int' is an integer
+# >= 1, 'ints' a non-empty list of them, 'number' a finite number > 0, 'int?' an integer >= 1 or null.
+CONFIG_FIELDS: Dict[str, Dict[str, Any]] = {
+    'unet': {'sample_size': (True, 'int'), 'in_channels': (False, 'int'), 'out_channels': (False, 'int'),
+             'cross_attention_dim': (False, 'int'), 'addition_time_embed_dim': (False, 'int'),
+             'projection_class_embeddings_input_dim': (False, 'int'), 'time_cond_proj_dim': (False, 'int?')},
+    'vae': {'block_out_channels': (True, 'ints'), 'latent_channels': (False, 'int'),
+            'scaling_factor': (False, 'number')},
+    'text_encoder': {'hidden_size': (True, 'int'), 'num_hidden_layers': (True, 'int'), 'vocab_size': (False, 'int')},
+    'text_encoder_2': {'hidden_size': (True, 'int'), 'num_hidden_layers': (True, 'int'),
+                       'projection_dim': (True, 'int'), 'vocab_size': (False, 'int')},
+}
+_LARGEST = 1 << 20
+_KINDS = {'int': 'an integer from 1 to 1048576', 'int?': 'an integer from 1 to 1048576 or null',
+          'ints': 'a non-empty list of integers from 1 to 1048576', 'number': 'a finite number > 0'}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    import math
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _LARGEST
+
+    if kind == 'int?':
+        return value is None or whole(value)
+    if kind == 'ints':
+        return isinstance(value, list) and bool(value) and all(whole(v) for v in value)
+    if kind == 'number':
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return whole(value)
+
+
+def check_config_fields(sub: str, component: str) -> None:
+    """The config fields the pipeline reads, type- and range-checked, naming the file and the field
+    (a bad one otherwise fails deep inside diffusers or torch, or at every call)."""
+    path = os.path.join(sub, 'config.json')
+    if component not in CONFIG_FIELDS or not os.path.isfile(path):
+        return
+    config = _read_json(path, component)
+    if not isinstance(config, dict):
+        raise ModelFolderError(f'{component}: {path} must hold a JSON object')
+    for field, (required, kind) in CONFIG_FIELDS[component].items():
+        if field not in config:
+            if required:
+                raise ModelFolderError(f'{component}: {path} has no {field!r}; it must be {_KINDS[kind]}')
+            continue
+        if not _fits(config[field], kind):
+            raise ModelFolderError(f'{component}: {path}: {field} must be {_KINDS[kind]}, got {config[field]!r:.80}')
+
+
+def check_bpe_files(sub: str, component: str) -> None:
+    """A CLIP tokenizer needs its BPE merges: without them it reads every word letter by letter and
+    the images change without any error."""
+    vocab, merges, fast = (os.path.join(sub, f) for f in ('vocab.json', 'merges.txt', 'tokenizer.json'))
+    if os.path.isfile(vocab):
+        if not os.path.isfile(merges):
+            raise ModelFolderError(f'{component}: {merges} is missing; a BPE tokenizer needs its merges with vocab.json')
+        with open(merges, encoding='utf-8', errors='replace') as f:
+            lines = [line for line in f if line.strip() and not line.startswith('#version')]
+        if not lines:
+            raise ModelFolderError(f'{component}: {merges} holds no merges; download it again')
+    if os.path.isfile(fast):
+        model = _read_json(fast, component).get('model')
+        if isinstance(model, dict) and model.get('type') == 'BPE' and not model.get('merges'):
+            raise ModelFolderError(f'{component}: {fast} holds no BPE merges; download it again')
+
+
+def check_tokenizer(tokenizer: Any, where: str) -> None:
+    """A loaded tokenizer must read whole words of its own vocabulary as one token each (most of a
+    sample of them): merges that do not belong to the vocabulary fail this."""
+    vocab = tokenizer.get_vocab()
+    words = sorted((i, t[:-4]) for t, i in vocab.items()
+                   if t.endswith('</w>') and len(t) >= 7 and t[:-4].isascii() and t[:-4].isalpha()
+                   and t[:-4].islower())
+    if not words:
+        return
+    sample = words[::max(1, len(words) // 64)][:64]
+    wrong = [(i, w) for i, w in sample if tokenizer(w, add_special_tokens=False).input_ids != [i]]
+    if len(wrong) * 2 > len(sample):
+        i, w = wrong[0]
+        raise ModelFolderError(
+            f'{where}: the tokenizer does not read its own vocabulary ({len(wrong)} of {len(sample)} sampled words '
+            f'split, e.g. {w!r}, token {i}); its merges do not belong to its vocab.json; download it again')
+
+
+def check_links(folder: str) -> None:
+    """Symbolic links in a folder downloaded from the hub must stay inside its repo in the download cache
+    (where the hub's own links point); a folder named by the caller is the caller's, links included."""
+    from .repo_trust import _inside, hub_repo_root
+
+    root = hub_repo_root(folder)
+    if root is None:
+        return
+    for current, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(current, name)
+            if os.path.islink(path) and not _inside(path, root):
+                raise ModelFolderError(f'{os.path.relpath(path, folder)} in the downloaded repo {os.path.basename(root)} '
+                                       'is a link that leaves the repo; links out of a downloaded repo are not followed')

@@ -53,9 +53,11 @@ def _step_callback(request: GenerationRequest, stage: str) -> Optional[Any]:
 
 def _check_finite(tensor: torch.Tensor, what: str) -> None:
     if not torch.isfinite(tensor).all():
-        raise NonFiniteOutputError(
-            f'{what} contain NaN or inf; no image is returned. On CUDA this usually means a '
-            'half-precision overflow: try device="cpu" or another seed.')
+        hint = ('On CUDA in half precision this usually means an overflow: try device="cpu" or another seed.'
+                if tensor.is_cuda and tensor.dtype in (torch.float16, torch.bfloat16) else
+                f'In {str(tensor.dtype).replace("torch.", "")} on the {tensor.device.type.upper()} this comes from '
+                'the inputs or the weights: extreme prompt weights, or weights that are not finite.')
+        raise NonFiniteOutputError(f'{what} contain NaN or inf; no image is returned. {hint}')
 
 
 def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:

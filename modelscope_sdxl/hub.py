@@ -80,3 +80,18 @@ def check_device(device: Any) -> str:
     if not isinstance(device, str) or not _DEVICE_RE.match(device) or device.startswith('cpu:'):
         raise ValueError(f"device must be 'cpu', 'gpu', 'gpu:N', 'cuda' or 'cuda:N', got {device!r}")
     return device
+
+
+def check_device_present(device: str) -> str:
+    """An explicit CUDA device ('cuda', 'cuda:N', 'gpu:N') must exist: ModelScope would silently run on the CPU.
+    ModelScope's default 'gpu' still falls back to the CPU where there is no GPU."""
+    if device == 'gpu' or not device.startswith(('cuda', 'gpu')):
+        return device
+    import torch
+
+    index = int(device.split(':')[1]) if ':' in device else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise ValueError(f'device {device!r} is not available here (this machine has {count} CUDA device(s)); '
+                         "use device='cpu', or 'gpu' to take a GPU only where there is one")
+    return device

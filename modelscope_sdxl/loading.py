@@ -5,12 +5,13 @@ weight is read; ``memory_modes.py`` decides which networks stay in place between
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import torch
 
 from .components import SDXLComponents
-from .folder_checks import ModelFolderError, check_folder, check_pair
+from .folder_checks import ModelFolderError, check_folder, check_pair, check_tokenizer
 from .lora import apply_lora
 from .memory_modes import RESIDENCIES, choose_memory_mode
 from .single_file import config_folder, is_single_file, load_single_file, loaded_configs
@@ -67,6 +68,8 @@ def load_components(base_dir: str, refiner_dir: Optional[str], device: torch.dev
     per_stage = dict(unet=None, text_encoder=None, text_encoder_2=None) if mode == 'lean' else {}
     common['single_file_configs'] = single_file_configs
     base = _load(StableDiffusionXLPipeline, base_dir, 'base', **per_stage, **common)
+    for name in ('tokenizer', 'tokenizer_2'):
+        check_tokenizer(getattr(base, name), os.path.join(base_dir, name))
     if dtype != torch.float32:
         base.vae.to(torch.float32)
     refiner = None

@@ -17,6 +17,7 @@ from .loading import load_components
 from .names import MODEL_TYPE, TASK
 from .single_file import config_folders, is_single_file, local_single_file
 from .parameters import GenerationRequest, ModelLimits
+from .repo_trust import caller_allow_pickle, origin, repo_refiner
 
 # Keys ModelScope's Model.from_pretrained passes along with configuration.json's `model` section.
 _MODELSCOPE_KEYS = frozenset({'device_map', 'trust_remote_code', 'model_prefetched', 'invoked_by'})
@@ -36,10 +37,12 @@ def refiner_reference(refiner: RefinerSpec, refiner_revision: Optional[str]) -> 
                              'pass refiner= as a hub id or folder')
         return None, None
     if isinstance(refiner, str):
+        if not refiner.strip():
+            raise ValueError("refiner must name a hub id or a folder, got ''; leave it out (or None) for no refiner")
         return refiner, refiner_revision
     if isinstance(refiner, Mapping):
         unknown = sorted(set(refiner) - {'model_id', 'revision'})
-        if unknown or not isinstance(refiner.get('model_id'), str):
+        if unknown or not isinstance(refiner.get('model_id'), str) or not refiner['model_id'].strip():
             raise ValueError("model.refiner in configuration.json must be {'model_id': str, 'revision': str}, "
                              f'got {dict(refiner)!r}')
         revision = refiner_revision if refiner_revision is not None else refiner.get('revision')
@@ -62,6 +65,8 @@ class SDXLModel(TorchModel):
         unknown = sorted(set(kwargs) - _MODELSCOPE_KEYS)
         if unknown:
             raise TypeError(f'unknown model argument(s) {", ".join(unknown)}; known: device, {", ".join(MODEL_ARGS)}')
+        allow_pickle = caller_allow_pickle(allow_pickle, model_dir)
+        refiner, repo_named = origin('refiner', refiner, model_dir)
         for name, flag in (('allow_pickle', allow_pickle), ('compile_unet', compile_unet), ('vae_tiling', vae_tiling)):
             if not isinstance(flag, bool):
                 raise TypeError(f'{name} must be True or False, got {flag!r}')
@@ -70,6 +75,8 @@ class SDXLModel(TorchModel):
         dtype = choose_dtype(torch_dtype, torch_type, create_device(device))
         lora_specs = parse_lora(lora)
         ref, revision = refiner_reference(refiner, refiner_revision)
+        if ref is not None and repo_named:
+            ref = repo_refiner(ref, model_dir)
         refiner_files = files_to_fetch(REFINER_FILES, allow_pickle)
         single_file_configs = config_folders(single_file_config)
         near = os.path.dirname(model_dir) if is_single_file(model_dir) else model_dir

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .text_checks import check_text
 from .schedulers import SCHEDULER_NAMES
 
 REFINER_MODES = ('ensemble', 'sdedit', 'none')  # the modes of a text-only call
@@ -245,6 +246,7 @@ def check_value(p: Param, value: Any) -> Any:
     if p.type == 'string':
         if not isinstance(value, str):
             raise TypeError(f'{p.name} must be {_allowed(p)}, got {type(value).__name__}')
+        check_text(p.name, value)
         if p.choices and value not in p.choices:
             raise ValueError(f'{p.name} must be {_allowed(p)}, got {value!r}')
         return value

@@ -14,8 +14,10 @@ from modelscope.pipelines.base import Pipeline
 from modelscope.pipelines.builder import PIPELINES
 from modelscope.utils.constant import Frameworks
 
-from .hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
+from .hub import BASE_FILES, check_device, check_device_present, files_to_fetch, is_local_reference, resolve_folder
+from .limits import LIMIT_ARGS, RequestLimits, check_prompt_lengths, check_request, without_batch_size
 from .model import MODEL_ARGS, SDXLModel
+from .repo_trust import from_caller
 from .names import PIPELINE_TYPE, TASK
 from .parameters import merge_inputs, validate
 from .repo_configs import PLAIN_REPO_CONFIGURATION, names_this_model
@@ -36,22 +38,26 @@ class SDXLPipeline(Pipeline):
             ``pipeline_name=`` (ModelScope's builder does not pass ``model_revision`` on then).
         device: 'cpu', 'gpu' or 'cuda:N' (ModelScope's default is 'gpu', which falls back to the CPU).
         max_images_per_call: cap on images one call may make, so one request cannot exhaust memory.
+        max_prompt_chars, max_prompt_tokens, max_pixel_steps_per_call: caps on each prompt's length and
+            on images x height x width x steps of one call, checked before any model work (limits.py).
         progress_bar: show a progress bar per stage; default: only when stderr is a terminal
             (servers and logs stay clean).
         **model_args: how the model loads, passed to :class:`SDXLModel` (they override
             configuration.json's ``model`` section): ``refiner``, ``refiner_revision``, ``lora``,
-            ``allow_pickle``, ``memory_mode``, ``compile_unet``, ``vae_tiling``, and ModelScope's and
+            ``allow_pickle`` (only the caller can opt in: configuration.json's ``model.allow_pickle`` is not
+            honoured), ``memory_mode``, ``compile_unet``, ``vae_tiling``, and ModelScope's and
             diffusers' own ``torch_dtype`` / ``torch_type`` and ``use_safetensors`` (see dtypes.py).
     """
 
     def __init__(self, model: Any, revision: Optional[str] = None, device: str = 'gpu',
                  max_images_per_call: int = 8, progress_bar: Optional[bool] = None, **kwargs: Any):
         model_kwargs = {k: v for k, v in kwargs.items() if k in MODEL_ARGS}
-        unknown = sorted(set(kwargs) - set(MODEL_ARGS) - _MODELSCOPE_KEYS)
+        unknown = sorted(set(kwargs) - set(MODEL_ARGS) - _MODELSCOPE_KEYS - set(LIMIT_ARGS))
         if unknown:
             raise TypeError(f'unknown pipeline argument(s) {", ".join(unknown)}; known: revision, device, '
-                            f'max_images_per_call, progress_bar, {", ".join(MODEL_ARGS)}')
-        check_device(device)
+                            f'max_images_per_call, {", ".join(LIMIT_ARGS)}, progress_bar, {", ".join(MODEL_ARGS)}')
+        check_device_present(check_device(device))
+        self.request_limits = RequestLimits.from_kwargs(kwargs)
         if isinstance(max_images_per_call, bool) or not isinstance(max_images_per_call, int) \
                 or max_images_per_call < 1:
             raise ValueError(f'max_images_per_call must be an integer >= 1, got {max_images_per_call!r}')
@@ -73,9 +79,10 @@ class SDXLPipeline(Pipeline):
             # A plain diffusers repo (see repo_configs.py) or a single-file checkpoint: ModelScope must
             # neither build the model a configuration.json names nor read one that may be missing.
             if isinstance(model, str):
-                model, model_kwargs = SDXLModel(model, device=device, **model_kwargs), {}
+                model, model_kwargs = SDXLModel(model, device=device, **from_caller(model, model_kwargs)), {}
             config_file = PLAIN_REPO_CONFIGURATION
-        super().__init__(config_file=config_file, model=model, device=device, auto_collate=False, **model_kwargs)
+        super().__init__(config_file=config_file, model=model, device=device, auto_collate=False,
+                         **from_caller(model, model_kwargs))
         if isinstance(self.model, str):
             # A plain diffusers-format repo whose configuration.json has no `model` section.
             self.model = SDXLModel(self.model, device=device, **model_kwargs)
@@ -101,8 +108,16 @@ class SDXLPipeline(Pipeline):
     def _sanitize_parameters(self, **pipeline_parameters: Any) -> Tuple[Dict, Dict, Dict]:
         return pipeline_parameters, {}, {}
 
+    def __call__(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(input, *args, **without_batch_size(input, kwargs))
+
     def preprocess(self, inputs: Any, **call_params: Any) -> Dict[str, Any]:
-        return {'request': validate(merge_inputs(inputs, call_params), self.limits)}
+        raw = merge_inputs(inputs, call_params)
+        check_prompt_lengths(raw, self.request_limits)
+        request = validate(raw, self.limits)
+        base = self.model.components.base
+        check_request(request, self.request_limits, (base.tokenizer, base.tokenizer_2))
+        return {'request': request}
 
     def forward(self, inputs: Dict[str, Any], **forward_params: Any) -> Dict[str, Any]:
         images = self.model(inputs['request'], progress_bar=self.progress_bar)

@@ -68,4 +68,5 @@ def test_both_commands_have_the_same_model_flags():
 
     assert model_flags('generate') == model_flags('batch')
     assert [flags for flags, _ in model_flags('batch')] == [
-        ['--model'], ['--revision'], ['--refiner'], ['--refiner-revision'], ['--device'], ['--dtype']]
+        ['--model'], ['--revision'], ['--refiner'], ['--refiner-revision'], ['--device'], ['--dtype'],
+        ['--allow-pickle']]

@@ -218,7 +218,34 @@ BAD_REQUESTS = [
     ({'input': {'text': 'a dog'}, 'parameters': {'mask_image': MASK}}, 'ValueError: mask_image needs an image'),
     # ModelScope's server accepts only the task's input keys ("text") in "input".
     ({'input': {'text': 'a dog', 'seed': 1}}, "KeyError: 'seed'"),
+    # Hostile bodies (issue 14) that reach the pipeline: refused by name.
+    ({'input': {'text': 'a dog \ud800'}}, "ValueError: text holds a lone surrogate ('\\ud800' at character 6)"),
+    ({'input': {'text': 'a dog'}, 'parameters': {'negative_prompt': '\udcff'}},
+     'ValueError: negative_prompt holds a lone surrogate'),
+    ({'input': {'text': 'a dog'}, 'parameters': {'batch_size': 2}},
+     'ValueError: batch_size applies to a list of inputs; this call has a single input'),
+    ({'input': {'text': 'a dog'}, 'parameters': {'num_images_per_prompt': 8, 'height': 4096, 'width': 4096,
+                                                  'num_inference_steps': 1000}},
+     'more than max_pixel_steps_per_call (4294967296) of this pipeline'),
+    ({'input': {'text': 'a (red:1' + '0' * 400 + ')'}, 'parameters': {'prompt_weighting': True}},
+     "ValueError: text: the weight of 'red' is inf"),
+    ({'input': 5}, "TypeError: input must be a dict like {'text': 'a dog'} or a prompt string, got int"),
+    # ... and those ModelScope's server refuses itself, before the pipeline is called (docs/reliability.md).
+    ({'input': None}, "AttributeError: 'NoneType' object has no attribute 'items'"),
+    ({'input': ['a dog']}, "AttributeError: 'list' object has no attribute 'items'"),
+    ({'input': {'text': 'a dog'}, 'parameters': []}, 'argument after ** must be a mapping, not list'),
+    ({'input': {'text': 'a dog'}, 'parameters': None}, 'argument after ** must be a mapping, not NoneType'),
+    ({'input': {'text': 'a dog'}, 'parameters': 'seed=1'}, 'argument after ** must be a mapping, not str'),
 ]
+
+
+def test_a_huge_prompt_is_refused_at_once_and_the_server_stays_responsive(server):
+    start = time.perf_counter()
+    response = server.call({'input': {'text': 'a red circle ' * 23077}})
+    assert time.perf_counter() - start < 5.0  # a guard against minutes of work, not a benchmark
+    assert response.status_code == 500
+    assert 'ValueError: text has 300001 characters, more than max_prompt_chars (10000)' in response.text
+    assert requests.get(server.url + '/health', timeout=5).status_code == 200
 
 
 def test_a_bad_parameter_gets_an_error_naming_it_and_the_server_keeps_serving(server, direct):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
@@ -80,8 +81,8 @@ def _remove_stale_files(out_dir: str, old: Optional[Dict[str, Any]], kept: List[
 
 def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revision: Optional[str] = None,
               refiner: Optional[str] = None, refiner_revision: Optional[str] = None,
-              device: Optional[str] = None, dtype: Optional[str] = None, ray_address: Optional[str] = None,
-              workers: Optional[int] = None,
+              device: Optional[str] = None, dtype: Optional[str] = None, allow_pickle: bool = False,
+              ray_address: Optional[str] = None, workers: Optional[int] = None,
               gpus_per_worker: Optional[float] = None, cpus_per_worker: float = 1.0,
               ray_init_kwargs: Optional[Dict[str, Any]] = None, retry_invalid: bool = False, pipe: Any = None,
               on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -93,6 +94,7 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
         out_dir: where the PNG files and manifest.jsonl go (created if missing).
         model, revision, refiner, refiner_revision: as for ``modelscope-sdxl generate`` (model None:
             the built-in mini model); see :class:`sources.ModelSource`.
+        allow_pickle: let pickle weights load (the ``--allow-pickle`` flag); see docs/reliability.md.
         device: 'cpu', 'gpu', 'cuda:N'; default: 'gpu' when CUDA is available here (on Ray: when
             workers get GPUs), else 'cpu'.
         dtype: 'float16', 'bfloat16' or 'float32' for the UNets and text encoders (``--dtype``).
@@ -121,9 +123,11 @@ def run_batch(prompts: str, out_dir: str, *, model: Optional[str] = None, revisi
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f'workers must be an integer >= 1, got {workers!r}')
     for name, value in (('gpus_per_worker', gpus_per_worker), ('cpus_per_worker', cpus_per_worker)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ValueError(f'{name} must be a number >= 0, got {value!r}')
-    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype=dtype).check()
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
+    source = ModelSource(model or DEFAULT_MODEL, revision, refiner, refiner_revision, device, dtype=dtype,
+                         allow_pickle=allow_pickle).check()
 
     if not os.path.isfile(prompts):
         raise FileNotFoundError(f'prompts file {prompts!r} does not exist')

@@ -9,9 +9,12 @@ import codecs
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from ..text_checks import lone_surrogate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,6 +54,8 @@ def _check_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f'id must be a string or an integer, got {type(value).__name__} {value!r}')
     text = str(value)
+    if lone_surrogate(text) is not None:
+        raise ValueError(f'id holds a lone surrogate, which is not valid Unicode: {ascii(text)}')
     if not text or len(text) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise ValueError(f'id must be 1 to {MAX_ID_LENGTH} characters without control characters, got {text!r}')
     return text
@@ -69,6 +74,36 @@ def _resolve_pictures(inputs: Dict[str, Any], path: str) -> Dict[str, Any]:
         if isinstance(value, str) and value and not os.path.isabs(value) and not is_encoded(value):
             inputs[name] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
     return inputs
+def unwritable(obj: Dict[str, Any]) -> Optional[str]:
+    """Why a parsed line cannot be written back as JSON (so cannot be an input or a manifest record):
+    a number too large for a float (``1e999`` reads as inf) or a lone surrogate (``\\ud800``), naming
+    the field; None when it can."""
+    stack: List[Tuple[str, Any]] = [(ascii(k), v) for k, v in obj.items()]
+    stack += [(f'the key {ascii(k)}', k) for k in obj]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f'{where} is a number too large to hold (it reads as {value}); use a finite number'
+        if isinstance(value, str) and lone_surrogate(value) is not None:
+            return (f'{where} holds a lone surrogate ({ascii(value[lone_surrogate(value)])}), which is not '
+                    'valid Unicode')
+        if isinstance(value, dict):
+            stack += [(f'{where}[{ascii(k)}]', v) for k, v in value.items()]
+            stack += [(f'a key in {where}', k) for k in value]
+        elif isinstance(value, list):
+            stack += [(f'{where}[{i}]', v) for i, v in enumerate(value)]
+    return None
+
+
+def _usable_id(obj: Any, used: Dict[str, int]) -> Optional[str]:
+    """The id of a line refused while reading it, when that id itself is fine and not taken."""
+    if not isinstance(obj, dict) or 'id' not in obj:
+        return None
+    try:
+        item_id = _check_id(obj['id'])
+    except ValueError:
+        return None
+    return None if item_id in used else item_id
 
 
 def read_items(path: str) -> List[Item]:
@@ -112,12 +147,16 @@ def read_items(path: str) -> List[Item]:
                 obj = json.loads(text, parse_constant=_reject_constant)
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 error = f'invalid JSON: {exc}'
+            except RecursionError:
+                error = 'invalid JSON: it nests too deep'
             else:
                 if not isinstance(obj, dict):
                     error = (f'a line must be a JSON object such as {{"text": "a dog"}}, '
                              f'got {type(obj).__name__}')
+                else:
+                    error = unwritable(obj)
         if error is not None:
-            item_id = derived_id(raw)
+            item_id = _usable_id(obj, used) or derived_id(raw)
             used[item_id] = number
             items.append(Item(item_id, number, raw=text, error=error))
             continue

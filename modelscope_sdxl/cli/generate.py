@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
+from ..limits import RequestLimits, check_prompt_lengths
 from ..parameters import (MAX_SEED, PARAMS, PARAMS_BY_NAME, PICTURES, bucket_for_aspect_ratio, check_names,
                           check_value)
 from ..schedulers import SCHEDULER_NAMES
@@ -142,12 +143,20 @@ def check_parameters(params: Dict[str, Any], source: str) -> None:
     """Names and values checked against the table before any model is loaded (the model-dependent
     checks follow in the pipeline)."""
     check_names(params, where=f'{source}: ')
+    check_prompt_lengths(params, RequestLimits())  # the pipeline's default caps, before anything loads
     for name, value in params.items():
         check_value(PARAMS_BY_NAME[name], value)
     if params.get('aspect_ratio') is not None:
         bucket_for_aspect_ratio(params['aspect_ratio'], 1024, 8)  # raises on a malformed ratio
     if params.get('text') is None:
         raise CommandError('give a PROMPT, or --from-png FILE to make the image of a PNG again')
+
+
+def check_png_source(source: Dict[str, Any], path: str) -> None:
+    """A PNG's model fields must be non-empty strings (an empty model must not mean the default model)."""
+    for key, value in source.items():
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise CommandError(f'--from-png: the {key} in {path!r} must be a non-empty string, got {value!r:.100}')
 
 
 @dataclass
@@ -239,6 +248,7 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
         if not isinstance(record, dict):
             raise CommandError(f'--from-png: the parameters in {args.from_png!r} are not a JSON object')
         source = {k: record.pop(k) for k in SOURCE_KEYS if k in record}
+        check_png_source(source, args.from_png)
         lora_recorded = record.pop(LORA_KEY, None)
         _check_pictures(args, {k: record.pop(k) for k in PICTURES if isinstance(record.get(k), dict)})
         from_file = record
@@ -270,7 +280,7 @@ def plan_generate(args: argparse.Namespace) -> GenerateJob:
             raise CommandError(f'--from-png: the {key} in {args.from_png!r} must be a string, got {value!r}')
     encoded, lora, lora_record = lora_for_pipeline(params, args.lora, lora_recorded, args.lora_dir)
     model_source = ModelSource(model, revision, refiner, refiner_revision, args.device,
-                               dtype=getattr(args, "dtype", None))
+                               dtype=getattr(args, 'dtype', None), allow_pickle=getattr(args, 'allow_pickle', False))
     return GenerateJob(params, model_source.check(), encoded=encoded, lora=lora, lora_record=lora_record,
                        batch_count=batch_count, notes=notes)
 

@@ -42,14 +42,32 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     atomic_write(path, lambda f: rgb.save(f, format='PNG', pnginfo=info))
 
 
+def _big_int(digits: str) -> Any:
+    # Python refuses to read integers of more than 4300 digits, with a message that names no field: read
+    # them as the float they round to (inf), which the parameter's own check then refuses by name.
+    return int(digits) if len(digits) <= 100 else float(digits)
+
+
+def _load_json_chunk(data: str) -> Any:
+    try:
+        return json.loads(data, parse_int=_big_int)
+    except RecursionError:
+        raise ValueError(f'the {JSON_KEY!r} text chunk nests too deep to be generation parameters') from None
+    except ValueError as exc:
+        raise ValueError(f'the {JSON_KEY!r} text chunk is not valid JSON ({exc})') from exc
+
+
 def read_png_parameters(path: str) -> Dict[str, Any]:
     """The parameters a PNG was made with: the exact JSON chunk, else the AUTOMATIC1111 text."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        text = dict(getattr(img, 'text', {}) or img.info)
+    try:
+        with Image.open(path) as img:
+            text = dict(getattr(img, 'text', {}) or img.info)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f'{path} is too large an image to open ({exc})') from exc
     if JSON_KEY in text:
-        return json.loads(text[JSON_KEY])
+        return _load_json_chunk(text[JSON_KEY])
     if A1111_KEY in text:
         return parse_a1111_text(text[A1111_KEY])
     raise ValueError(f'{path} carries no generation parameters (no {JSON_KEY!r} or {A1111_KEY!r} text chunk)')

@@ -20,7 +20,7 @@ import os
 from typing import Any, Callable, Dict, Optional
 
 from ..dtypes import DTYPE_NAMES
-from ..hub import BASE_FILES, check_device, is_local_reference, resolve_folder
+from ..hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
 from ..single_file import is_single_file
 from .errors import CommandError, http_status
 from .files import flock
@@ -93,12 +93,14 @@ class ModelSource:
     device: Optional[str] = None
     #: precision of the UNets and text encoders (one of DTYPE_NAMES); None: fp16 on CUDA, fp32 on a CPU
     dtype: Optional[str] = None
+    allow_pickle: bool = False  # only this flag (--allow-pickle) lets pickle weights load; never a PNG or a repo
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> 'ModelSource':
         """The source named by :func:`add_model_arguments`' flags, checked."""
         return cls(args.model or DEFAULT_MODEL, args.revision, args.refiner, args.refiner_revision,
-                   args.device, dtype=getattr(args, 'dtype', None)).check()
+                   args.device, dtype=getattr(args, 'dtype', None),
+                   allow_pickle=getattr(args, 'allow_pickle', False)).check()
 
     def check(self) -> 'ModelSource':
         """Refuse a revision that cannot apply and a malformed device, naming the flag; returns self."""
@@ -148,7 +150,7 @@ class ModelSource:
                 raise FileNotFoundError(f'model folder {self.model!r} does not exist')
             return folder
         try:
-            return resolve_folder(self.model, self.revision, BASE_FILES)
+            return resolve_folder(self.model, self.revision, files_to_fetch(BASE_FILES, self.allow_pickle))
         except OSError as exc:
             if http_status(exc) != 404:
                 raise
@@ -175,6 +177,8 @@ class ModelSource:
             kwargs['lora'] = lora  # the pipeline's lora= (cli/lora_args.py)
         if self.dtype is not None:
             kwargs['torch_dtype'] = self.dtype
+        if self.allow_pickle:
+            kwargs['allow_pickle'] = True
         return pipeline(task=TASK, model=folder, pipeline_name=PIPELINE_TYPE, **kwargs)
 
 
@@ -196,3 +200,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, extra_model_help: str =
     group.add_argument('--dtype', default=None, choices=DTYPE_NAMES,
                        help='precision of the UNets and text encoders (the VAE stays float32); default: float16 on '
                        'a GPU, float32 on a CPU, where half precision is slower unless the CPU has native units')
+    group.add_argument('--allow-pickle', action='store_true',
+                       help='allow pickle weights (.bin, .ckpt, ...), which can run code when loaded; only for '
+                       "models you trust (a repo's configuration.json cannot allow them)")
