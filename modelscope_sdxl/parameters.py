@@ -78,7 +78,8 @@ PARAMS: Tuple[Param, ...] = (
     Param('guidance_rescale', 'number', 0.0, 'both',
           'Rescale of the guided noise prediction (Common Diffusion Noise Schedules paper, section 3.4).',
           minimum=0, maximum=1),
-    Param('scheduler', 'string', None, 'both', "Sampler for this call; default: the model's own (Euler for SDXL).",
+    Param('scheduler', 'string', None, 'both', "Sampler for this call; default: the model's own (Euler for SDXL). "
+          'lcm, tcd, euler_trailing and euler_ancestral_trailing are for few-step weights (docs/few-step.md).',
           choices=SCHEDULER_NAMES, nullable=True),
     Param('height', 'integer', None, 'base',
           "Image height in pixels, a multiple of the VAE scale factor (8). Default: the model's native size "

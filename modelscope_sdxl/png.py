@@ -27,7 +27,7 @@ _A1111_LABELS = {
 # AUTOMATIC1111's sampler names -> ours, so files made there can be read back.
 _A1111_SAMPLERS = {'Euler': 'euler', 'Euler a': 'euler_ancestral', 'DPM++ 2M': 'dpmpp_2m',
                    'DPM++ 2M Karras': 'dpmpp_2m_karras', 'DPM++ 2M SDE Karras': 'dpmpp_2m_sde_karras',
-                   'DDIM': 'ddim', 'UniPC': 'unipc', 'Heun': 'heun'}
+                   'DDIM': 'ddim', 'UniPC': 'unipc', 'Heun': 'heun', 'LCM': 'lcm'}
 
 
 def a1111_text(parameters: Dict[str, Any]) -> str:
