@@ -16,6 +16,7 @@ from .loading import SDXLComponents, with_modules
 from .parameters import GenerationRequest
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
+from .step_cache import with_step_cache
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -26,9 +27,12 @@ class GenerationCancelled(RuntimeError):
     """The call's callback returned False: the run stopped and no image is returned."""
 
 
-def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool) -> Any:
-    """A pipeline sharing `pipe`'s networks with a scheduler of its own."""
-    fresh = with_modules(pipe, scheduler=make_scheduler(pipe.scheduler, scheduler))
+def _for_this_call(pipe: Any, request: GenerationRequest, stage: str, progress_bar: bool) -> Any:
+    """A pipeline sharing `pipe`'s networks with a scheduler (and, with step_cache, a UNet cache) of its own."""
+    replace = {'scheduler': make_scheduler(pipe.scheduler, request.scheduler)}
+    if request.step_cache > 1:
+        replace['unet'] = with_step_cache(pipe.unet, request.step_cache)
+    fresh = with_modules(pipe, **replace)
     fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 
@@ -109,7 +113,7 @@ def _encode_both(components: SDXLComponents, request: GenerationRequest, guidanc
 def _in_stage(components: SDXLComponents, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
               args: Dict[str, Any], progress_bar: bool) -> torch.Tensor:
     with components.residency.stage(stage) as pipe:
-        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar), stage, request, embeds, args)
+        return _run_stage(_for_this_call(pipe, request, stage, progress_bar), stage, request, embeds, args)
 
 
 @torch.no_grad()

@@ -81,6 +81,10 @@ PARAMS: Tuple[Param, ...] = (
     Param('scheduler', 'string', None, 'both', "Sampler for this call; default: the model's own (Euler for SDXL). "
           'lcm, tcd, euler_trailing and euler_ancestral_trailing are for few-step weights (docs/few-step.md).',
           choices=SCHEDULER_NAMES, nullable=True),
+    Param('step_cache', 'integer', 1, 'both',
+          "Step caching (DeepCache-style, lossy): the UNet runs in full every N-th step and reuses its deep "
+          "features on the others; 1 = off. 2 is about 1.5x faster (docs/performance.md).",
+          minimum=1, maximum=10),
     Param('height', 'integer', None, 'base',
           "Image height in pixels, a multiple of the VAE scale factor (8). Default: the model's native size "
           '(1024 for SDXL).', nullable=True),
@@ -137,6 +141,7 @@ class GenerationRequest:
     guidance_scale: float
     guidance_rescale: float
     scheduler: Optional[str]
+    step_cache: int
     height: int
     width: int
     seed: int
