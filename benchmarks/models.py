@@ -48,8 +48,13 @@ def _replace(folder: str, network: Any) -> None:
     network.save_pretrained(folder, safe_serialization=True)
 
 
-def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0) -> Tuple[str, str]:
-    """Base and refiner folders in the hub layout with networks of `configs`, built one at a time."""
+def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0, device: str = 'cpu',
+               dtype: Any = None) -> Tuple[str, str]:
+    """Base and refiner folders in the hub layout with networks of `configs`, built one at a time.
+
+    `device='cuda'` initialises the random weights on a GPU (seconds instead of minutes at full size);
+    `dtype` (e.g. torch.float16) halves the files a GPU run reads. Weights differ by device.
+    """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -75,9 +80,9 @@ def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0) -> 
     ]
     for i, (folder, component, make) in enumerate(builders):
         torch.manual_seed(seed + i)
-        with torch.no_grad():
+        with torch.no_grad(), torch.device(device):
             network = make().eval()
-        _replace(os.path.join(folder, component), network)
+        _replace(os.path.join(folder, component), network.to('cpu', dtype) if dtype is not None else network.cpu())
         del network
         gc.collect()
     # The refiner borrows the base's text_encoder_2 and VAE: its folders hold their configs only.
