@@ -147,6 +147,10 @@ def child_main(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    if args.compile_backend != 'inductor':
+        import functools
+
+        torch.compile = functools.partial(torch.compile, backend=args.compile_backend)  # compile_unet's call too
     if args.device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = False  # both sides alike; fp16 does not use it anyway
     else:
@@ -180,7 +184,8 @@ def build_models(args: argparse.Namespace) -> tuple:
 def run_row(args: argparse.Namespace, row: str, base: str, refiner: str) -> Dict[str, Any]:
     images = os.path.join(args.work, f'images-{row}.npy')
     cmd = [sys.executable, os.path.abspath(__file__), '_child', '--row', row, '--base', base, '--refiner', refiner,
-           '--device', args.device, '--size', str(args.size), '--steps', str(args.steps), '--images', images]
+           '--device', args.device, '--size', str(args.size), '--steps', str(args.steps), '--images', images,
+           '--compile-backend', args.compile_backend]
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -235,11 +240,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         child.add_argument(name, required=True)
     child.add_argument('--size', type=int, required=True)
     child.add_argument('--steps', type=int, required=True)
+    child.add_argument('--compile-backend', default='inductor')
     parser.add_argument('--tiny', action='store_true', help='the tiny random-weight pair instead of full size')
     parser.add_argument('--device', default='cuda')
     parser.add_argument('--size', type=int, default=None, help='image side (default: 1024, tiny: 64)')
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--rows', nargs='+', default=list(DEFAULT_ROWS), choices=ROWS)
+    parser.add_argument('--compile-backend', default='inductor',
+                        help="torch.compile backend of the compile rows; 'eager' (graph capture only, no code "
+                             "generation) tries the script quickly on a CPU")
     parser.add_argument('--work', default=os.path.join(ROOT, '.cache', 'gpu-benchmark'))
     parser.add_argument('--configs', default=os.path.join(ROOT, '..', 'shared', 'notes', 'sdxl-full-size-configs.json'),
                         help='full-size component configs (JSON: unet_base, unet_refiner, vae, text_encoder(_2))')

@@ -18,7 +18,7 @@ def test_gpu_script_runs_every_row_at_tiny_size_on_the_cpu(tmp_path):
     work = tmp_path / 'work'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     result = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu.sh'), '--tiny', '--device', 'cpu',
-                             '--steps', '6', '--work', str(work)],
+                             '--steps', '6', '--work', str(work), '--compile-backend', 'eager'],
                             capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((work / 'gpu-results.json').read_text())
