@@ -82,9 +82,11 @@ def gemm_flops_per_s(threads: int, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def unet_step_flops(unet_config: Dict[str, Any], height: int, width: int, time_ids: int, batch: int = 2) -> float:
+def unet_step_flops(unet_config: Dict[str, Any], height: int, width: int, time_ids: int, batch: int = 2,
+                    step_cache: int = 1, cached_call: bool = False) -> float:
     """FLOPs of one UNet call on a latent of the image size, counted on the meta device (no weights are
-    made). batch 2: guidance on; time_ids: 6 for SDXL's base, 5 for its refiner (aesthetic score)."""
+    made). batch 2: guidance on; time_ids: 6 for SDXL's base, 5 for its refiner (aesthetic score).
+    cached_call: the FLOPs of a call that reuses deep features under step_cache (the second call)."""
     import torch
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
@@ -99,6 +101,11 @@ def unet_step_flops(unet_config: Dict[str, Any], height: int, width: int, time_i
                   encoder_hidden_states=torch.zeros(batch, 77, config['cross_attention_dim'], **meta),
                   added_cond_kwargs={'text_embeds': torch.zeros(batch, text_embeds, **meta),
                                      'time_ids': torch.zeros(batch, time_ids, **meta)})
+    if cached_call:
+        from modelscope_sdxl.step_cache import with_step_cache
+
+        unet = with_step_cache(unet, max(step_cache, 2))
+        unet(**inputs)  # the full call that fills the cache
     with FlopCounterMode(display=False) as counter:
         unet(**inputs)
     return float(counter.get_total_flops())
@@ -291,9 +298,10 @@ def bench_scale(scale: str, base: str, refiner: str, repeats: int, work: str,
         with open(os.path.join(folder, 'unet', 'config.json'), encoding='utf-8') as f:
             result['unet_step_flops'][stage] = unet_step_flops(json.load(f), params['height'], params['width'],
                                                                time_ids)
-    for row in result['rows'].values():
+    for name, row in result['rows'].items():
         for stage in ('base', 'refiner'):
-            step_s = row.get(f'{stage}_step_s')
+            # A step_cache row's steps do fewer FLOPs than counted: no share for it.
+            step_s = row.get(f'{stage}_step_s') if name != 'ours:step_cache' else None
             row[f'{stage}_gemm_share'] = (result['unet_step_flops'][stage] / step_s / result['gemm_flops_per_s']
                                           if step_s and result['gemm_flops_per_s'] else None)
     return result
