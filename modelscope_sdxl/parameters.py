@@ -82,8 +82,9 @@ PARAMS: Tuple[Param, ...] = (
           'lcm, tcd, euler_trailing and euler_ancestral_trailing are for few-step weights (docs/few-step.md).',
           choices=SCHEDULER_NAMES, nullable=True),
     Param('step_cache', 'integer', 1, 'both',
-          "Step caching (DeepCache-style, lossy): the UNet runs in full every N-th step and reuses its deep "
-          "features on the others; 1 = off. 2 made UNet steps 1.9x faster on a mid-size model (docs/performance.md).",
+          'Step caching (DeepCache-style, lossy): the UNet runs in full every N-th step and reuses its deep '
+          'features on the others; 1 = off. 2 made UNet steps 1.9x faster on a mid-size model '
+          '(docs/performance.md).',
           minimum=1, maximum=10),
     Param('height', 'integer', None, 'base',
           "Image height in pixels, a multiple of the VAE scale factor (8). Default: the model's native size "
