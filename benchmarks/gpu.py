@@ -10,7 +10,8 @@ Rows, each in a fresh child process (so load time and peak memory are its own):
 - ``ours``: this package, ``memory_mode='resident'`` (fp16 networks, fp32 VAE);
 - ``ours_offload``: ``memory_mode='offload'`` (each stage's networks move to the GPU for that
   stage; on a CPU run its stand-in is ``memory_mode='lean'``);
-- ``ours_compile``: ``compile_unet=True`` (compiled during an untimed warm-up call);
+- ``ours_compile``: ``compile_unet=True`` (compiled during an untimed warm-up call), last, as
+  it takes longest; a row still running when ``--budget-s`` (450 s) is spent is stopped;
 - ``diffusers_compile`` (only if named in ``--rows``): torch.compile on diffusers' UNets.
 
 Every row makes the same image (1024², 20 steps, ensemble at 0.5: 10 base + 10 refiner
@@ -32,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+FULL_CONFIGS = os.path.join(ROOT, 'benchmarks', 'sdxl-full-size-configs.json')  # SDXL 1.0's component configs
 
 ROWS = ('diffusers', 'ours', 'ours_offload', 'ours_compile', 'diffusers_compile')
 DEFAULT_ROWS = ROWS[:4]
@@ -86,18 +88,28 @@ def child_ours(args: argparse.Namespace, clock: _Clock) -> Dict[str, Any]:
     load = time.perf_counter() - t0
     call = {'text': PROMPT, 'negative_prompt': NEGATIVE, 'seed': SEED, 'height': args.size, 'width': args.size,
             'high_noise_frac': HIGH_NOISE_FRAC}
+    from modelscope_sdxl.generation import NonFiniteOutputError
+
+    def generate(steps: int, **kwargs: Any) -> Any:
+        try:
+            return pipe({**call, 'num_inference_steps': steps}, **kwargs)
+        except NonFiniteOutputError as exc:  # random weights in fp16 may overflow; the step times still count
+            notes.append(str(exc).split(';')[0])
+            return None
+
+    notes: List[str] = []
     t1 = time.perf_counter()
-    pipe({**call, 'num_inference_steps': 2})  # warm-up (and compilation)
+    generate(2)  # warm-up (and compilation)
     warm = time.perf_counter() - t1
     clock.stamps = {'base': [], 'refiner': []}
     clock.sync()
     t2 = time.perf_counter()
-    out = pipe({**call, 'num_inference_steps': args.steps}, callback=lambda stage, step, total: clock.stamp(stage))
+    out = generate(args.steps, callback=lambda stage, step, total: clock.stamp(stage))
     clock.sync()
     import numpy as np
-    rgb = np.stack([img[:, :, ::-1] for img in out['output_imgs']])
+    rgb = None if out is None else np.stack([img[:, :, ::-1] for img in out['output_imgs']])
     return {'load_s': load, 'warmup_s': warm, 'wall_s': time.perf_counter() - t2, 'images': rgb,
-            'memory_mode': pipe.model.components.memory_mode}
+            'memory_mode': pipe.model.components.memory_mode, 'note': '; '.join(dict.fromkeys(notes))}
 
 
 def child_diffusers(args: argparse.Namespace, clock: _Clock) -> Dict[str, Any]:
@@ -139,8 +151,10 @@ def child_diffusers(args: argparse.Namespace, clock: _Clock) -> Dict[str, Any]:
     t2 = time.perf_counter()
     images = generate(args.steps)
     clock.sync()
+    finite = bool(np.isfinite(images).all())
     return {'load_s': load, 'warmup_s': warm, 'wall_s': time.perf_counter() - t2,
-            'images': (images * 255).round().astype(np.uint8)}
+            'images': (images * 255).round().astype(np.uint8) if finite else None,
+            'note': '' if finite else 'NaN or inf in the image (random weights in fp16)'}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -157,7 +171,9 @@ def child_main(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
     clock = _Clock(args.device)
     result = (child_diffusers if args.row.startswith('diffusers') else child_ours)(args, clock)
-    np.save(args.images, result.pop('images'))
+    images = result.pop('images')
+    if images is not None:
+        np.save(args.images, images)
     result.update(base_step_s=clock.per_step('base'), refiner_step_s=clock.per_step('refiner'),
                   peak_memory_gb=_peak_memory_gb(args.device))
     print('RESULT ' + json.dumps(result), flush=True)
@@ -181,14 +197,20 @@ def build_models(args: argparse.Namespace) -> tuple:
                       dtype=torch.float16 if cuda else None)
 
 
-def run_row(args: argparse.Namespace, row: str, base: str, refiner: str) -> Dict[str, Any]:
+def run_row(args: argparse.Namespace, row: str, base: str, refiner: str, timeout: float) -> Dict[str, Any]:
     images = os.path.join(args.work, f'images-{row}.npy')
     cmd = [sys.executable, os.path.abspath(__file__), '_child', '--row', row, '--base', base, '--refiner', refiner,
            '--device', args.device, '--size', str(args.size), '--steps', str(args.steps), '--images', images,
            '--compile-backend', args.compile_backend]
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if os.path.exists(images):
+        os.remove(images)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {'error': f'stopped after {timeout:.0f} s: the time budget (--budget-s) ran out',
+                'child_s': time.perf_counter() - t0}
     lines = [line for line in proc.stdout.splitlines() if line.startswith('RESULT ')]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()
@@ -225,7 +247,8 @@ def table(results: Dict[str, Dict[str, Any]], args: argparse.Namespace, device_n
             a, b = r.get(f'{stage}_step_s'), ref.get(f'{stage}_step_s')
             ratios.append(f'{a / b:.3f}' if a and b and row != 'diffusers' else '')
         diff = max_diff(r.get('images'), ref.get('images')) if row != 'diffusers' else None
-        note = r.get('error') or (f"memory_mode {r['memory_mode']}" if r.get('memory_mode') else '')
+        note = r.get('error') or '; '.join(x for x in (f"memory_mode {r['memory_mode']}" if r.get('memory_mode')
+                                                        else '', r.get('note')) if x)
         lines.append(f"| {row} | {_fmt(r.get('base_step_s'))} | {_fmt(r.get('refiner_step_s'))} | {ratios[0]} | "
                      f"{ratios[1]} | {_fmt(r.get('wall_s'))} | {_fmt(r.get('load_s'))} | {_fmt(r.get('warmup_s'))} | "
                      f"{_fmt(r.get('peak_memory_gb'))} | {'' if diff is None else diff} | {note} |")
@@ -249,8 +272,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--compile-backend', default='inductor',
                         help="torch.compile backend of the compile rows; 'eager' (graph capture only, no code "
                              "generation) tries the script quickly on a CPU")
+    parser.add_argument('--budget-s', type=float, default=450,
+                        help='stop any row still running after this many seconds from the start (building '
+                             'included), so the table always comes out; the compile row runs last')
     parser.add_argument('--work', default=os.path.join(ROOT, '.cache', 'gpu-benchmark'))
-    parser.add_argument('--configs', default=os.path.join(ROOT, '..', 'shared', 'notes', 'sdxl-full-size-configs.json'),
+    parser.add_argument('--configs', default=FULL_CONFIGS,
                         help='full-size component configs (JSON: unet_base, unet_refiner, vae, text_encoder(_2))')
     args = parser.parse_args(argv)
     if args.command == '_child':
@@ -268,15 +294,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'[gpu benchmark] models ready in {time.perf_counter() - t0:.0f} s: {base}', file=sys.stderr, flush=True)
     results: Dict[str, Dict[str, Any]] = {}
     for row in args.rows:
-        print(f'[gpu benchmark] {row} ...', file=sys.stderr, flush=True)
-        results[row] = run_row(args, row, base, refiner)
+        left = args.budget_s - (time.perf_counter() - t0)
+        if left < 20:
+            results[row] = {'error': 'not run: the time budget (--budget-s) ran out'}
+            continue
+        print(f'[gpu benchmark] {row} ({left:.0f} s of the budget left) ...', file=sys.stderr, flush=True)
+        results[row] = run_row(args, row, base, refiner, timeout=left)
         print(table(results, args, device_name) + '\n', file=sys.stderr, flush=True)
         with open(os.path.join(args.work, 'gpu-results.json'), 'w', encoding='utf-8') as f:
             json.dump({'device': device_name, 'size': args.size, 'steps': args.steps, 'results': results}, f,
                       indent=2)
     print(f'[gpu benchmark] total {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
     print(table(results, args, device_name))
-    return 0 if all('error' not in r for r in results.values()) else 1
+    return 0 if all(not r.get('error') for r in results.values()) else 1
 
 
 if __name__ == '__main__':

@@ -14,6 +14,10 @@ from typing import Any, Dict, Tuple
 
 from modelscope_sdxl.tiny_models import build_sdxl_pair, build_tiny_sdxl, tiny_configs
 
+# SDXL 1.0's component configs (base and refiner UNets, VAE, both text encoders), kept in the repository
+# so a fresh machine (a GPU lent for a day) can build full-size random weights without a download.
+FULL_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sdxl-full-size-configs.json')
+
 
 def full_configs(path: str) -> Dict[str, Dict[str, Any]]:
     with open(path, encoding='utf-8') as f:

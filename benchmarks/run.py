@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+FULL_CONFIGS = os.path.join(ROOT, 'benchmarks', 'sdxl-full-size-configs.json')  # SDXL 1.0's component configs
 
 SCALES = {
     # scale: generation parameters
@@ -379,8 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='ours: default, resident, channels_last, fused_qkv, step_cache (step_cache=2 in each call); '
                              'each measured against the same diffusers runs')
     parser.add_argument('--cache', default=os.path.join(ROOT, '.cache', 'benchmark-models'))
-    parser.add_argument('--full-configs', default=os.path.join(ROOT, '..', 'shared', 'notes',
-                                                               'sdxl-full-size-configs.json'))
+    parser.add_argument('--full-configs', default=FULL_CONFIGS)
     parser.add_argument('--json', default=os.path.join(ROOT, '.cache', 'benchmark-results.json'))
     parser.add_argument('--markdown', help='also write the Markdown tables to this file')
     args = parser.parse_args(argv)

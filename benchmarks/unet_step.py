@@ -17,6 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+FULL_CONFIGS = os.path.join(ROOT, 'benchmarks', 'sdxl-full-size-configs.json')  # SDXL 1.0's component configs
 
 
 def main() -> int:
@@ -30,7 +31,7 @@ def main() -> int:
     parser.add_argument('--step-cache', type=int, default=1,
                         help='N > 1: calls go through modelscope_sdxl.step_cache (full every N-th call); full and '
                              'cached calls are timed and FLOP-counted apart')
-    parser.add_argument('--configs', default=os.path.join(ROOT, '..', 'shared', 'notes', 'sdxl-full-size-configs.json'))
+    parser.add_argument('--configs', default=FULL_CONFIGS)
     args = parser.parse_args()
 
     import torch
