@@ -193,8 +193,11 @@ def build_models(args: argparse.Namespace) -> tuple:
     from benchmarks.models import build_pair, full_configs
 
     cuda = args.device.startswith('cuda')
-    return build_pair(os.path.join(args.work, 'full'), full_configs(args.configs), device=args.device if cuda else 'cpu',
-                      dtype=torch.float16 if cuda else None)
+    folders = build_pair(os.path.join(args.work, 'full'), full_configs(args.configs),
+                         device=args.device if cuda else 'cpu', dtype=torch.float16 if cuda else None)
+    if cuda:
+        torch.cuda.empty_cache()  # the rows run in child processes: leave them the whole GPU
+    return folders
 
 
 def run_row(args: argparse.Namespace, row: str, base: str, refiner: str, timeout: float) -> Dict[str, Any]:

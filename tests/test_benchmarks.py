@@ -57,3 +57,19 @@ def test_unet_step_flops_counted_on_meta_equal_a_real_forward(tmp_path):
 def test_gemm_rate_is_a_plausible_rate():
     rate = gemm_flops_per_s(threads=1, size=256, repeats=2)
     assert 1e8 < rate < 1e13
+
+
+def test_gpu_benchmark_builds_half_precision_folders_that_pass_the_folder_checks(tmp_path):
+    """The full-size build on a GPU saves fp16 weights; shown here with the tiny configs on the CPU."""
+    from safetensors import safe_open
+
+    from benchmarks.models import build_pair
+    from modelscope_sdxl.model_folders import check_folder
+    from modelscope_sdxl.tiny_models import tiny_configs
+
+    base, refiner = build_pair(str(tmp_path / 'pair'), tiny_configs(), dtype=torch.float16)
+    check_folder(base, 'base')
+    check_folder(refiner, 'refiner')
+    for folder in (base, refiner):
+        with safe_open(os.path.join(folder, 'unet', 'diffusion_pytorch_model.safetensors'), 'pt') as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {'F16'}
