@@ -19,7 +19,7 @@ SCHEDULERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     'unipc': ('UniPCMultistepScheduler', {}),
     'heun': ('HeunDiscreteScheduler', {}),
     # Few-step samplers (docs/few-step.md): for distilled weights such as LCM-LoRA, TCD-LoRA,
-    # SDXL-Lightning / Hyper-SD ('euler_trailing') and SDXL-Turbo ('euler_ancestral_trailing').
+    # SDXL-Lightning ('euler_trailing') and SDXL-Turbo ('euler_ancestral_trailing').
     'lcm': ('LCMScheduler', {}),
     'tcd': ('TCDScheduler', {}),
     'euler_trailing': ('EulerDiscreteScheduler', {'timestep_spacing': 'trailing'}),

@@ -29,13 +29,10 @@ class _CacheState:
         self.calls = 0
         self.reuse = False
         self._key: Optional[Tuple[Any, ...]] = None
-        self.full_calls = 0
 
     def begin_call(self, sample: torch.Tensor) -> None:
         key = (tuple(sample.shape), sample.dtype, sample.device)
         self.reuse = self.calls % self.interval != 0 and key == self._key
-        if not self.reuse:
-            self.full_calls += 1
         self._key = key
         self.calls += 1
 
