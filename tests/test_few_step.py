@@ -1,4 +1,6 @@
 """Few-step samplers equal plain diffusers with the same scheduler, and guidance <= 1 costs one UNet pass a step."""
+import os
+
 import diffusers
 import pytest
 
@@ -62,3 +64,27 @@ def test_guidance_at_most_one_runs_one_unet_pass_per_step(sdxl_pipe, guidance, p
         remove()
     # One UNet call per step; with guidance the conditional and unconditional halves go in one batch.
     assert calls == [('base', passes), ('base', passes), ('refiner', passes), ('refiner', passes)]
+
+
+def test_lcm_lora_recipe_matches_diffusers_lcm_lora_run(tiny_sdxl, tmp_path):
+    """docs/few-step.md's LCM-LoRA recipe (a LoRA fused into the base, 'lcm', 4 steps, guidance 1, no refiner)
+    equals diffusers' own LCM-LoRA usage: load_lora_weights, LCMScheduler from the model's config."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+    from test_lora import make_lora
+
+    lora = make_lora(UNet2DConditionModel.from_pretrained(os.path.join(tiny_sdxl[0], 'unet')), str(tmp_path), 3)
+    params = {'text': 'a blue square', 'seed': 9, 'num_inference_steps': 4, 'guidance_scale': 1.0}
+    ours = pipeline(task=Tasks.text_to_image_synthesis, model=tiny_sdxl[0], device='cpu', lora=lora)(
+        {**params, 'scheduler': 'lcm', 'refiner_mode': 'none'})['output_imgs']
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl[0], use_safetensors=True)
+    base.set_progress_bar_config(disable=True)
+    base.load_lora_weights(str(tmp_path), weight_name=os.path.basename(lora))
+    base.scheduler = diffusers.LCMScheduler.from_config(base.scheduler.config)
+    # mode 'none' runs the base only (the pair's second pipeline is not used)
+    reference = diffusers_images((base, base), 'none', 'a blue square', 9, steps=4, guidance_scale=1.0)
+    assert max_pixel_difference(ours, reference) <= 2
+    base.unload_lora_weights()
+    without_lora = diffusers_images((base, base), 'none', 'a blue square', 9, steps=4, guidance_scale=1.0)
+    assert max_pixel_difference(ours, without_lora) > 2, 'the LoRA must change the image'
