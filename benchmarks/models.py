@@ -14,6 +14,10 @@ from typing import Any, Dict, Tuple
 
 from modelscope_sdxl.mini.sdxl_folders import build_sdxl_pair, build_tiny_sdxl, tiny_configs
 
+# SDXL 1.0's component configs (base and refiner UNets, VAE, both text encoders), kept in the repository
+# so a fresh machine (a GPU lent for a day) can build full-size random weights without a download.
+FULL_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sdxl-full-size-configs.json')
+
 
 def full_configs(path: str) -> Dict[str, Dict[str, Any]]:
     with open(path, encoding='utf-8') as f:
@@ -48,8 +52,13 @@ def _replace(folder: str, network: Any) -> None:
     network.save_pretrained(folder, safe_serialization=True)
 
 
-def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0) -> Tuple[str, str]:
-    """Base and refiner folders in the hub layout with networks of `configs`, built one at a time."""
+def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0, device: str = 'cpu',
+               dtype: Any = None) -> Tuple[str, str]:
+    """Base and refiner folders in the hub layout with networks of `configs`, built one at a time.
+
+    `device='cuda'` initialises the random weights on a GPU (seconds instead of minutes at full size);
+    `dtype` (e.g. torch.float16) halves the files a GPU run reads. Weights differ by device.
+    """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -75,9 +84,9 @@ def build_pair(root: str, configs: Dict[str, Dict[str, Any]], seed: int = 0) -> 
     ]
     for i, (folder, component, make) in enumerate(builders):
         torch.manual_seed(seed + i)
-        with torch.no_grad():
+        with torch.no_grad(), torch.device(device):
             network = make().eval()
-        _replace(os.path.join(folder, component), network)
+        _replace(os.path.join(folder, component), network.to('cpu', dtype) if dtype is not None else network.cpu())
         del network
         gc.collect()
     # The refiner borrows the base's text_encoder_2 and VAE: its folders hold their configs only.

@@ -1,7 +1,11 @@
 """Benchmark: this package's pipeline against plain diffusers, interleaved in one run.
 
-    python benchmarks/run.py                       # tiny and mid-size, writes docs/performance.md
-    python benchmarks/run.py --scales tiny mid full --repeats 3
+    python benchmarks/run.py                       # tiny and mid-size: prints Markdown tables
+    python benchmarks/run.py --scales tiny mid full --repeats 3 --markdown results.md
+    python benchmarks/run.py --scales mid --variants default step_cache
+
+It prints the tables (and with --markdown writes them to a file); docs/performance.md
+quotes them next to the analysis of what they mean, which is written by hand.
 
 Each measurement runs in a fresh child process (so load time and peak RSS are its
 own), alternating ours and diffusers. Plain diffusers is written the way its docs
@@ -9,6 +13,11 @@ teach: StableDiffusionXLPipeline + StableDiffusionXLImg2ImgPipeline sharing
 text_encoder_2 and the VAE, the base handing latents to the refiner. Both make
 the same images from the same folders, parameters and seed; the benchmark checks
 that they agree within 2/255 per pixel.
+
+For every scale the run also measures this machine's fp32 GEMM rate (a 2048 x 2048
+torch.mm, same thread count as the children) and counts each UNet step's FLOPs
+(torch's FlopCounterMode on a meta-device copy of the UNet), and prints the UNet
+step's share of that rate: a slow kernel or a regression in diffusers shows at once.
 
 At full size the two resident pipelines do not fit in 24 GB, so diffusers is
 measured per stage (a base-only run, and a refiner-only run on the same latents
@@ -29,6 +38,7 @@ from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+FULL_CONFIGS = os.path.join(ROOT, 'benchmarks', 'sdxl-full-size-configs.json')  # SDXL 1.0's component configs
 
 SCALES = {
     # scale: generation parameters
@@ -50,10 +60,56 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
-def _step_times(stamps: List[float]) -> Optional[float]:
-    """Median time per step from the step-end timestamps of one stage (the first step includes set-up)."""
+def _step_times(stamps: List[float], average: Any = None) -> Optional[float]:
+    """Median (or `average`) time per step from the step-end timestamps of one stage (the first step
+    includes set-up)."""
     diffs = [b - a for a, b in zip(stamps, stamps[1:])]
-    return statistics.median(diffs) if diffs else None
+    return (average or statistics.median)(diffs) if diffs else None
+
+
+def gemm_flops_per_s(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply rate now: the best of `repeats` size x size torch.mm."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def unet_step_flops(unet_config: Dict[str, Any], height: int, width: int, time_ids: int, batch: int = 2,
+                    step_cache: int = 1, cached_call: bool = False) -> float:
+    """FLOPs of one UNet call on a latent of the image size, counted on the meta device (no weights are
+    made). batch 2: guidance on; time_ids: 6 for SDXL's base, 5 for its refiner (aesthetic score).
+    cached_call: the FLOPs of a call that reuses deep features under step_cache (the second call)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = {k: v for k, v in unet_config.items() if not k.startswith('_')}
+    with torch.device('meta'):
+        unet = UNet2DConditionModel(**config)
+    text_embeds = config['projection_class_embeddings_input_dim'] - time_ids * config['addition_time_embed_dim']
+    meta = dict(device='meta')
+    inputs = dict(sample=torch.zeros(batch, config['in_channels'], height // 8, width // 8, **meta),
+                  timestep=torch.tensor(500.0, **meta),
+                  encoder_hidden_states=torch.zeros(batch, 77, config['cross_attention_dim'], **meta),
+                  added_cond_kwargs={'text_embeds': torch.zeros(batch, text_embeds, **meta),
+                                     'time_ids': torch.zeros(batch, time_ids, **meta)})
+    if cached_call:
+        from modelscope_sdxl.step_cache import with_step_cache
+
+        unet = with_step_cache(unet, max(step_cache, 2))
+        unet(**inputs)  # the full call that fills the cache
+    with FlopCounterMode(display=False) as counter:
+        unet(**inputs)
+    return float(counter.get_total_flops())
 
 
 def child_ours(base: str, params: Dict[str, Any], variant: str, timed: int) -> Dict[str, Any]:
@@ -65,6 +121,7 @@ def child_ours(base: str, params: Dict[str, Any], variant: str, timed: int) -> D
     from modelscope.pipelines import pipeline
 
     kwargs = {'memory_mode': 'auto'} if variant != 'resident' else {'memory_mode': 'resident'}
+    call_extra = {'step_cache': 2} if variant == 'step_cache' else {}
     pipe = pipeline(task='text-to-image-synthesis', model=base, device='cpu', **kwargs)
     if variant == 'channels_last':
         for p in (pipe.model.components.base, pipe.model.components.refiner):
@@ -78,7 +135,7 @@ def child_ours(base: str, params: Dict[str, Any], variant: str, timed: int) -> D
     def on_step(stage: str, step: int, total: int) -> None:
         stamps[stage].append(time.perf_counter())  # the dict of the current generation
 
-    call = {'text': PROMPT, 'negative_prompt': NEGATIVE, 'seed': SEED, **params}
+    call = {'text': PROMPT, 'negative_prompt': NEGATIVE, 'seed': SEED, **params, **call_extra}
     if timed > 1:
         pipe(call)  # warm-up
     walls = []
@@ -89,8 +146,10 @@ def child_ours(base: str, params: Dict[str, Any], variant: str, timed: int) -> D
         walls.append(time.perf_counter() - t1)
     wall = statistics.median(walls)
     rgb = np.stack([img[:, :, ::-1] for img in out['output_imgs']])
-    return {'load_s': load, 'wall_s': wall, 'base_step_s': _step_times(stamps['base']),
-            'refiner_step_s': _step_times(stamps['refiner']), 'images': rgb,
+    # With step_cache, full and cached steps alternate: their mean is the cost of a step.
+    per_step = statistics.mean if variant == 'step_cache' else None
+    return {'load_s': load, 'wall_s': wall, 'base_step_s': _step_times(stamps['base'], per_step),
+            'refiner_step_s': _step_times(stamps['refiner'], per_step), 'images': rgb,
             'memory_mode': pipe.model.components.memory_mode}
 
 
@@ -159,6 +218,9 @@ def child_main(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.impl == 'gemm':
+        print('RESULT ' + json.dumps({'gemm_flops_per_s': gemm_flops_per_s(args.threads)}))
+        return
     params = json.loads(args.params)
     if args.impl == 'ours':
         result = child_ours(args.base, params, args.variant, args.timed)
@@ -211,6 +273,7 @@ def bench_scale(scale: str, base: str, refiner: str, repeats: int, work: str,
         impls = [('ours:default', {'variant': 'default'}), ('diffusers:base-only', {'part': 'base'}),
                  ('diffusers:refiner-only', {'part': 'refiner'})]
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name, _ in impls}
+    gemm = [run_child('gemm', base, refiner, {}, '', threads=threads).get('gemm_flops_per_s')]
     for r in range(repeats):
         for name, extra in impls:
             impl = name.split(':')[0]
@@ -228,6 +291,20 @@ def bench_scale(scale: str, base: str, refiner: str, repeats: int, work: str,
             row['max_pixel_diff_vs_diffusers'] = max_diff(
                 os.path.join(work, f'{scale}-{name.replace(":", "-")}.npy'), os.path.join(work, f'{scale}-diffusers.npy'))
         result['rows'][name] = row
+    gemm.append(run_child('gemm', base, refiner, {}, '', threads=threads).get('gemm_flops_per_s'))
+    # The machine's best rate of the two (before and after the rows): the share is never flattered.
+    result['gemm_flops_per_s'] = max((g for g in gemm if g), default=None)
+    result['unet_step_flops'] = {}
+    for stage, folder, time_ids in (('base', base, 6), ('refiner', refiner, 5)):
+        with open(os.path.join(folder, 'unet', 'config.json'), encoding='utf-8') as f:
+            result['unet_step_flops'][stage] = unet_step_flops(json.load(f), params['height'], params['width'],
+                                                               time_ids)
+    for name, row in result['rows'].items():
+        for stage in ('base', 'refiner'):
+            # A step_cache row's steps do fewer FLOPs than counted: no share for it.
+            step_s = row.get(f'{stage}_step_s') if name != 'ours:step_cache' else None
+            row[f'{stage}_gemm_share'] = (result['unet_step_flops'][stage] / step_s / result['gemm_flops_per_s']
+                                          if step_s and result['gemm_flops_per_s'] else None)
     return result
 
 
@@ -249,6 +326,10 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return '—' if value is None else f'{value:.{digits}g}'
 
 
+def _pct(share: Optional[float]) -> str:
+    return '—' if share is None else f'{100 * share:.0f}%'
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return '—' if a is None or b is None or b == 0 else f'{a / b:.3f}'
 
@@ -259,17 +340,21 @@ def markdown(results: List[Dict[str, Any]], header: str) -> str:
         p = res['params']
         lines += [f"### {res['scale']} — {p['height']}x{p['width']}, {p['num_inference_steps']} steps, ensemble "
                   f"(high_noise_frac {p.get('high_noise_frac', 0.8)}), guidance on", '',
-                  '| run | wall s / image | base s / step | refiner s / step | load s | peak RSS GB | memory mode '
-                  '| ours / diffusers wall | max pixel diff | note |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  f"fp32 GEMM rate (2048² torch.mm): {_fmt((res.get('gemm_flops_per_s') or 0) / 1e9)} GFLOP/s; "
+                  f"UNet step (batch 2): base {_fmt(res['unet_step_flops']['base'] / 1e9)} GFLOP, refiner "
+                  f"{_fmt(res['unet_step_flops']['refiner'] / 1e9)} GFLOP.", '',
+                  '| run | wall s / image | base s / step | refiner s / step | UNet step / GEMM rate (base, refiner) '
+                  '| load s | peak RSS GB | memory mode | ours / diffusers wall | max pixel diff | note |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         ref = res['rows'].get('diffusers', {})
         for name, row in res['rows'].items():
             ratio = _ratio(row['wall_s'], ref.get('wall_s')) if name.startswith('ours') and ref else ''
             lines.append(
                 f"| {name} | {_fmt(row['wall_s'])} | {_fmt(row['base_step_s'])} | {_fmt(row['refiner_step_s'])} | "
+                f"{_pct(row.get('base_gemm_share'))}, {_pct(row.get('refiner_gemm_share'))} | "
                 f"{_fmt(row['load_s'])} | {_fmt(row['peak_rss_gb'])} | {row.get('memory_mode') or ''} | {ratio} | "
                 f"{row.get('max_pixel_diff_vs_diffusers', '') if row.get('max_pixel_diff_vs_diffusers') is not None else ''} | "
-                f"{row['error'] or ''} |")
+                f"{row['error'] or ('step_cache=2 in the call: lossy by design' if name == 'ours:step_cache' else '')} |")
         lines.append('')
     return '\n'.join(lines)
 
@@ -292,11 +377,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads in every child (0: torch default); 1 avoids thread spinning on a busy machine')
     parser.add_argument('--variants', nargs='+', default=['default'],
-                        help='ours: default, channels_last, fused_qkv (each measured against the same diffusers runs)')
+                        help='ours: default, resident, channels_last, fused_qkv, step_cache (step_cache=2 in each call); '
+                             'each measured against the same diffusers runs')
     parser.add_argument('--cache', default=os.path.join(ROOT, '.cache', 'benchmark-models'))
-    parser.add_argument('--full-configs', default=os.path.join(ROOT, '..', 'shared', 'notes',
-                                                               'sdxl-full-size-configs.json'))
+    parser.add_argument('--full-configs', default=FULL_CONFIGS)
     parser.add_argument('--json', default=os.path.join(ROOT, '.cache', 'benchmark-results.json'))
+    parser.add_argument('--markdown', help='also write the Markdown tables to this file')
     args = parser.parse_args(argv)
     if args.command == '_child':
         child_main(args)
@@ -315,8 +401,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    args.variants, args.threads))
         with open(args.json, 'w') as f:
             json.dump({'machine': machine(), 'results': results}, f, indent=2)
-    print(markdown(results, f'Machine: {machine()}; {args.repeats} interleaved runs per row (median); '
-                            f'torch threads per child: {args.threads or "default"}.'))
+    tables = markdown(results, f'Machine: {machine()}; {args.repeats} interleaved runs per row (median); '
+                               f'torch threads per child: {args.threads or "default"}.')
+    print(tables)
+    if args.markdown:
+        with open(args.markdown, 'w', encoding='utf-8') as f:
+            f.write(tables + '\n')
     return 0
 
 

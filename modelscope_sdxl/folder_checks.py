@@ -80,11 +80,20 @@ def _header_shapes(path: str) -> Dict[str, List[int]]:
 
 
 def _expected_shapes(component: str, config_dir: str) -> Dict[str, List[int]]:
-    """Parameter shapes the component's config implies, from a network built on the meta device."""
+    """Parameter shapes the component's config implies, from a network built on the meta device.
+
+    Weight initialisation is skipped (transformers' own `no_init_weights`, which its from_pretrained
+    uses too): on meta tensors it only costs time, as much as loading a small model.
+    """
     import accelerate
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+
     class_name = NETWORKS[component][1]
-    with accelerate.init_empty_weights():
+    with accelerate.init_empty_weights(), no_init_weights():
         if class_name.startswith('CLIP'):
             import transformers
             config = transformers.CLIPTextConfig.from_pretrained(config_dir)

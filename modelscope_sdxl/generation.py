@@ -17,6 +17,7 @@ from .parameters import GenerationRequest
 from .picture_stages import base_inputs, pinned_vae, refiner_inputs, stage_class
 from .prompts import encode, encode_for_refiner, uses_guidance
 from .schedulers import make_scheduler
+from .step_cache import with_step_cache
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -27,13 +28,16 @@ class GenerationCancelled(RuntimeError):
     """The call's callback returned False: the run stopped and no image is returned."""
 
 
-def _for_this_call(pipe: Any, scheduler: Optional[str], stage: str, progress_bar: bool,
-                   request: Optional[GenerationRequest] = None) -> Any:
-    """A pipeline sharing `pipe`'s networks with a scheduler of its own; for a call from a picture, of
-    the class that stage needs, with a VAE view diffusers cannot cast (picture_stages)."""
-    picture = {} if request is None or request.image is None else {'vae': pinned_vae(pipe.vae)}
-    fresh = with_modules(pipe, None if request is None else stage_class(request, stage),
-                         scheduler=make_scheduler(pipe.scheduler, scheduler), **picture)
+def _for_this_call(pipe: Any, request: GenerationRequest, stage: str, progress_bar: bool) -> Any:
+    """A pipeline sharing `pipe`'s networks with a scheduler (and, with step_cache, a UNet cache) of its own;
+    for a call from a picture, of the class that stage needs, with a VAE view diffusers cannot cast
+    (picture_stages)."""
+    replace = {'scheduler': make_scheduler(pipe.scheduler, request.scheduler)}
+    if request.step_cache > 1:
+        replace['unet'] = with_step_cache(pipe.unet, request.step_cache)
+    if request.image is not None:
+        replace['vae'] = pinned_vae(pipe.vae)
+    fresh = with_modules(pipe, stage_class(request, stage), **replace)
     fresh.set_progress_bar_config(disable=not progress_bar, desc=stage, leave=False)
     return fresh
 
@@ -116,8 +120,7 @@ def _encode_both(components: SDXLComponents, request: GenerationRequest, guidanc
 def _in_stage(components: SDXLComponents, stage: str, request: GenerationRequest, embeds: Dict[str, torch.Tensor],
               args: Dict[str, Any], progress_bar: bool) -> torch.Tensor:
     with components.residency.stage(stage) as pipe:
-        return _run_stage(_for_this_call(pipe, request.scheduler, stage, progress_bar, request), stage, request,
-                          embeds, args)
+        return _run_stage(_for_this_call(pipe, request, stage, progress_bar), stage, request, embeds, args)
 
 
 @torch.no_grad()

@@ -18,6 +18,12 @@ SCHEDULERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     'ddim': ('DDIMScheduler', {}),
     'unipc': ('UniPCMultistepScheduler', {}),
     'heun': ('HeunDiscreteScheduler', {}),
+    # Few-step samplers (docs/few-step.md): for distilled weights such as LCM-LoRA, TCD-LoRA,
+    # SDXL-Lightning ('euler_trailing') and SDXL-Turbo ('euler_ancestral_trailing').
+    'lcm': ('LCMScheduler', {}),
+    'tcd': ('TCDScheduler', {}),
+    'euler_trailing': ('EulerDiscreteScheduler', {'timestep_spacing': 'trailing'}),
+    'euler_ancestral_trailing': ('EulerAncestralDiscreteScheduler', {'timestep_spacing': 'trailing'}),
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 

@@ -176,7 +176,8 @@ EVERY_PARAMETER = [
     ('a (red:1.4) circle and a [blue] square', {
         'prompt_weighting': True, 'refiner_mode': 'sdedit', 'strength': 0.5, 'aspect_ratio': '16:9',
         'num_inference_steps': 4, 'seed': 12, 'scheduler': 'euler_ancestral'}),
-    ('a green tree', {'refiner_mode': 'none', 'num_inference_steps': 3, 'seed': 13, 'guidance_scale': 1.0}),
+    ('a green tree', {'refiner_mode': 'none', 'num_inference_steps': 3, 'seed': 13, 'guidance_scale': 1.0,
+                      'step_cache': 2, 'scheduler': 'euler_trailing'}),
     ('a green square on a white background', {
         'image': PICTURE, 'mask_image': MASK, 'denoising_strength': 0.8, 'refiner_mode': 'sdedit',
         'num_inference_steps': 6, 'seed': 14}),

@@ -49,8 +49,8 @@ SCHEDULE_LABEL = 'Schedule type'
 TO_A1111: Dict[str, Tuple[str, Optional[str]]] = {
     'euler': ('Euler', None), 'euler_ancestral': ('Euler a', None), 'dpmpp_2m': ('DPM++ 2M', 'Uniform'),
     'dpmpp_2m_karras': ('DPM++ 2M', 'Karras'), 'dpmpp_2m_sde_karras': ('DPM++ 2M SDE', 'Karras'),
-    'ddim': ('DDIM', None), 'unipc': ('UniPC', None), 'heun': ('Heun', None),
-}
+    'ddim': ('DDIM', None), 'unipc': ('UniPC', None), 'heun': ('Heun', None), 'lcm': ('LCM', None),
+}  # the other few-step samplers have no A1111 name: they are written and read as ours.
 # A1111's 'Automatic' schedule per sampler (sd_samplers_kdiffusion's defaults); others: their plain one.
 _AUTOMATIC = {'DPM++ 2M': 'Karras', 'DPM++ 2M SDE': 'Exponential'}
 _PLAIN_SCHEDULES = (None, '', 'Uniform')
