@@ -4,6 +4,7 @@
     modelscope-sdxl generate --from-png dog.png --out again.png      # the same pixels
     modelscope-sdxl generate --from-png dog.png --seed 2 --out other.png
     modelscope-sdxl schema                                            # JSON Schema of every parameter
+    modelscope-sdxl webui                                             # a web page (webui.py)
 
 The same commands run as ``modelscope sdxl ...`` (see ``modelscope_plugin.py``) and as
 ``python -m modelscope_sdxl ...``.
@@ -36,6 +37,7 @@ from .batch import add_batch_parser, batch_command
 from .builtin_models import (BUILTIN_HELP, BUILTIN_MODELS, DEFAULT_MODEL, SOURCE_KEYS, builtin_model_folder,
                              looks_local, source_record)
 from .parameters import PARAMS, PARAMS_BY_NAME
+from .webui import add_webui_parser, webui_command
 
 PROG = 'modelscope-sdxl'
 DESCRIPTION = ('SDXL base + refiner on ModelScope: images from a prompt, written as PNG files that carry '
@@ -68,7 +70,7 @@ def default_model() -> str:
 
 def load_pipeline(model: str, revision: Optional[str] = None, refiner: Optional[str] = None,
                   refiner_revision: Optional[str] = None, device: Optional[str] = None,
-                  progress_bar: bool = False) -> Any:
+                  progress_bar: bool = False, max_images_per_call: int = 8) -> Any:
     """This package's pipeline on `model`: a built-in name, a hub id (only the files the pipeline
     reads are downloaded, at `revision`) or a local folder. `refiner` 'none' runs the base alone; None keeps
     the refiner of the model's configuration.json."""
@@ -77,7 +79,8 @@ def load_pipeline(model: str, revision: Optional[str] = None, refiner: Optional[
     from .loading import check_device
     from .names import PIPELINE_TYPE, TASK
 
-    kwargs: Dict[str, Any] = {'device': check_device(device or _default_device()), 'progress_bar': progress_bar}
+    kwargs: Dict[str, Any] = {'device': check_device(device or _default_device()), 'progress_bar': progress_bar,
+                              'max_images_per_call': max_images_per_call}
     # ModelScope's builder is given an absolute folder: a relative 'a/b' would look like a hub id to it.
     if model in BUILTIN_MODELS:
         if revision is not None:
@@ -424,6 +427,7 @@ SUBCOMMANDS: List[Subcommand] = [
     Subcommand(add_generate_parser, generate_command),
     Subcommand(add_schema_parser, schema_command),
     Subcommand(add_batch_parser, batch_command),
+    Subcommand(add_webui_parser, webui_command),
 ]
 
 
