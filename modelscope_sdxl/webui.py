@@ -190,7 +190,8 @@ class WebUI:
 
         stop = self.sessions.flag(session)
         inputs = page_values_to_input(values, self.limits.has_refiner)
-        if stop.is_set():
+        if stop.is_set():  # Stop pressed while this run waited in the queue
+            stop.clear()
             return [], '', {}, [], 'Stopped before the run started.'
 
         def on_step(stage: str, step: int, total: int) -> bool:
@@ -203,6 +204,7 @@ class WebUI:
         try:
             output = self.pipe(dict(inputs), callback=on_step)
         except GenerationCancelled as exc:
+            stop.clear()
             return [], '', {}, [], f'Stopped: {_one_line(exc)}.'
         except (ValueError, TypeError, LookupError) as exc:  # the validation's message, naming the field
             raise gr.Error(_one_line(exc), print_exception=False) from None
@@ -318,8 +320,9 @@ def _api_function(ui: WebUI) -> Callable[..., Any]:
     def generate(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         values = {n: bound.arguments.get(n) for n in names}
-        return ui.generate(values, _session(bound.arguments['request']),
-                           bound.arguments.get('progress') or (lambda *a, **k: None))
+        progress = bound.arguments.get('progress')  # a gr.Progress is falsy (it has a length)
+        return ui.generate(values, _session(bound.arguments.get('request')),
+                           (lambda *a, **k: None) if progress is None else progress)
 
     generate.__signature__ = signature  # type: ignore[attr-defined]
     generate.__annotations__ = {'text': str, 'request': gr.Request}
