@@ -85,9 +85,10 @@ def _number(value: str) -> Any:
     return value
 
 
-def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
-             extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a BGR uint8 image as PNG with its parameters, atomically (write, then rename)."""
+def png_bytes(image_bgr: np.ndarray, parameters: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """A BGR uint8 image as the bytes of a PNG file carrying its parameters (and `extra`, e.g. the model)."""
+    import io
+
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -95,6 +96,15 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     record = {**parameters, **(extra or {})}
     info.add_text(A1111_KEY, a1111_text(record))
     info.add_text(JSON_KEY, json.dumps(record, sort_keys=True))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(buffer, format='PNG', pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
+             extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a BGR uint8 image as PNG with its parameters, atomically (write, then rename)."""
+    data = png_bytes(image_bgr, parameters, extra)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.png', dir=folder)
@@ -103,7 +113,7 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; a PNG gets the usual mode
     try:
         with os.fdopen(fd, 'wb') as f:
-            Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(f, format='PNG', pnginfo=info)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

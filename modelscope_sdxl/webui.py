@@ -57,6 +57,8 @@ DEFAULT_CHOICE = 'default'
 ASPECT_RATIOS = ('1:1', '4:3', '3:4', '3:2', '2:3', '16:9', '9:16', '21:9')
 # Slider ranges for parameters the table bounds on one side only.
 _SLIDER_MAX = {'guidance_scale': 20.0}
+# Least time between two progress reports of a run, in seconds.
+_PROGRESS_EVERY_S = 0.1
 # How long finished runs' PNG files stay on disk for the page to fetch.
 _KEEP_OUTPUT_S = 3600
 
@@ -141,10 +143,16 @@ class _Sessions:
 
 
 class OutputFolder:
-    """Where the PNG files of finished runs wait for the page to fetch them; old ones are removed."""
+    """Where the PNG files of finished runs wait for the page to fetch them; runs older than `keep_s`
+    are removed. By default a folder in Gradio's own cache, which Gradio serves without copying."""
 
     def __init__(self, root: Optional[str] = None, keep_s: float = _KEEP_OUTPUT_S) -> None:
-        self.root = root or tempfile.mkdtemp(prefix='modelscope-sdxl-webui-')
+        if root is None:
+            from gradio.utils import get_upload_folder
+
+            os.makedirs(get_upload_folder(), exist_ok=True)
+            root = tempfile.mkdtemp(prefix='modelscope-sdxl-', dir=get_upload_folder())
+        self.root = root
         self.keep_s = keep_s
 
     def new_run(self) -> str:
@@ -157,6 +165,19 @@ class OutputFolder:
             except OSError:
                 pass
         return tempfile.mkdtemp(dir=self.root)
+
+    def write(self, output: Dict[str, Any], source: Dict[str, Any]) -> List[str]:
+        """The run's images as PNG files, byte for byte what ``modelscope-sdxl generate`` writes
+        (:func:`png.png_bytes`); not synced to disk, since they only wait to be fetched."""
+        from .cli import output_paths
+        from .png import png_bytes
+
+        folder = self.new_run()
+        paths = output_paths(os.path.join(folder, f"sdxl-{output['seed']}.png"), len(output['output_imgs']))
+        for path, image in zip(paths, output['output_imgs']):
+            with open(path, 'wb') as f:
+                f.write(png_bytes(image, output['parameters'], source))
+        return paths
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -186,7 +207,6 @@ class WebUI:
 
         from .generation import GenerationCancelled
         from .png import a1111_text
-        from .cli import save_images
 
         stop = self.sessions.flag(session)
         inputs = page_values_to_input(values, self.limits.has_refiner)
@@ -194,10 +214,17 @@ class WebUI:
             stop.clear()
             return [], '', {}, [], 'Stopped before the run started.'
 
+        last_report = {'stage': '', 'at': 0.0}
+
         def on_step(stage: str, step: int, total: int) -> bool:
             if stop.is_set():
                 return False
-            progress((step, total), desc=f'{stage} stage', unit='steps')
+            # Each report is a message to the page: a few a second are enough to follow, and cost the
+            # run nothing measurable.
+            now = time.perf_counter()
+            if stage != last_report['stage'] or step == total or now - last_report['at'] >= _PROGRESS_EVERY_S:
+                last_report.update(stage=stage, at=now)
+                progress((step, total), desc=f'{stage} stage', unit='steps')
             return True
 
         started = time.perf_counter()
@@ -211,8 +238,7 @@ class WebUI:
         except Exception as exc:  # noqa: BLE001 - a message on the page, never a traceback
             raise gr.Error(f'{type(exc).__name__}: {_one_line(exc)}', print_exception=False) from None
         elapsed = time.perf_counter() - started
-        folder = self.outputs.new_run()
-        paths = save_images(output, os.path.join(folder, f"sdxl-{output['seed']}.png"), self.source)
+        paths = self.outputs.write(output, self.source)
         record = {**output['parameters'], **self.source}
         count = len(paths)
         gallery = [(path, f"seed {output['seed']}" + (f' · image {i + 1} of {count}' if count > 1 else ''))
@@ -379,9 +405,9 @@ def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refin
         def arm(request: gr.Request) -> None:
             ui.arm(_session(request))
 
-        def stop(request: gr.Request) -> str:
+        def stop(request: gr.Request) -> None:
+            # No output: the run's own answer ("Stopped: ...") may reach the page before this one would.
             ui.stop(_session(request))
-            return 'Stopping…'
 
         def forget(request: gr.Request) -> None:
             ui.sessions.forget(_session(request))
@@ -395,7 +421,7 @@ def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refin
             trigger(arm, None, None, queue=False, api_visibility='private').then(
                 handler, inputs, [gallery, a1111, record, files, status], api_name=API_NAME if i == 0 else None,
                 concurrency_id='generation', api_visibility='public' if i == 0 else 'private')
-        stop_button.click(stop, None, status, queue=False, api_name='stop')
+        stop_button.click(stop, None, None, queue=False, api_name='stop')
         # The seed's "random" choice empties the field; "Last seed" fills in the seed of the last images.
         random_button.click(lambda: '', None, components['seed'], queue=False, api_visibility='private')
         reuse_button.click(lambda r: '' if not r else str(r.get('seed', '')), record, components['seed'],
