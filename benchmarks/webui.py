@@ -12,9 +12,10 @@ round times, in turn, with the same prompt and seed:
 - api: ``gradio_client``'s ``predict`` on ``/generate`` through the server's queue (HTTP, the queue's
   event stream, the output files), files not downloaded.
 
-It prints the medians and the ratios to the direct call, in wall time and in the process's CPU time
-(all its threads: the server's and, for "api", the client's too). On a machine shared with other
-work the CPU time says more: wall times then measure the neighbours as much as the code. With --browser it also loads the page in
+It prints the medians and the ratios to the direct call in wall time, in the process's CPU time (all
+its threads: the server's event loop and, for "api", the client's too) and in the calling thread's CPU
+time (direct and handler run in the calling thread). On a machine shared with other work the CPU times
+say more: wall times then measure the neighbours as much as the code. With --browser it also loads the page in
 headless chromium (``/usr/bin/chromium``) from a fresh browser context each time and reports the
 median time until the Generate button can be clicked.
 """
@@ -98,22 +99,24 @@ def main(argv: Any = None) -> int:
         runs = {'direct': direct, 'handler': handler, 'api': api}
         for run in runs.values():  # warm-up: first calls build caches on every path
             run()
-        wall: Dict[str, List[float]] = {name: [] for name in runs}
-        cpu: Dict[str, List[float]] = {name: [] for name in runs}
+        clocks = {'wall': time.perf_counter, 'process CPU': time.process_time, 'thread CPU': time.thread_time}
+        times: Dict[str, Dict[str, List[float]]] = {clock: {name: [] for name in runs} for clock in clocks}
         for _ in range(args.rounds):
             for name, run in runs.items():
-                started, started_cpu = time.perf_counter(), time.process_time()
+                started = {clock: read() for clock, read in clocks.items()}
                 run()
-                wall[name].append(time.perf_counter() - started)
-                cpu[name].append(time.process_time() - started_cpu)
+                for clock, read in clocks.items():
+                    times[clock][name].append(read() - started[clock])
         print(f'mini model, 64x64, 30 steps (ensemble), torch threads: {args.threads}, rounds: {args.rounds}, '
               f'load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
-        for label, times in (('wall', wall), ('CPU', cpu)):
-            median = {name: statistics.median(values) for name, values in times.items()}
+        for clock in clocks:
+            median = {name: statistics.median(values) for name, values in times[clock].items()}
             for name in runs:
+                if clock == 'thread CPU' and name == 'api':
+                    continue  # the work is done by the server's threads
                 ratio = median[name] / median['direct']
-                print(f'{label:4s} {name:8s} median {median[name] * 1000:7.1f} ms  ({ratio:.3f} x direct, '
-                      f'{(ratio - 1) * 100:+.1f}%)  min {min(times[name]) * 1000:.1f} ms')
+                print(f'{clock:11s} {name:8s} median {median[name] * 1000:7.1f} ms  ({ratio:.3f} x direct, '
+                      f'{(ratio - 1) * 100:+.1f}%)  min {min(times[clock][name]) * 1000:.1f} ms')
         if args.browser:
             seconds = _page_load_seconds(demo.local_url, 5)
             print(f'page interactive (fresh browser context, chromium): median {statistics.median(seconds):.2f} s, '

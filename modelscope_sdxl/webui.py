@@ -10,7 +10,7 @@ offers a parameter the pipeline does not take. The common ones come first; the r
 "Advanced". Values go to the pipeline as they are and its validation checks them: a bad value comes
 back as that message on the page (or as the error of an API call), naming the field.
 
-Each image is offered as the PNG file ``modelscope-sdxl generate`` would write (:func:`png.save_png`:
+Each image is offered as the PNG file ``modelscope-sdxl generate`` would write (:func:`png.png_bytes`:
 prompt and every parameter in its text chunks). Progress is reported per stage through the pipeline's
 ``callback``, which also stops a run when its page's Stop button is pressed. One queue serves all pages,
 one run at a time. The Gradio API endpoint ``/generate`` takes the prompt first and every parameter by
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import re
 import shutil
@@ -359,9 +358,6 @@ def _session(request: Any) -> str:
     return getattr(request, 'session_hash', None) or 'no-session'
 
 
-_CSS = '#status {min-height: 1.5em}'
-
-
 def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refiner',
               outputs: Optional[OutputFolder] = None) -> Any:
     """The Gradio Blocks app on a loaded pipeline, its queue set to one run at a time.
@@ -416,11 +412,8 @@ def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refin
             fn.__annotations__['request'] = gr.Request
 
         handler = _api_function(ui)
-        # Enter in the prompt does what the button does; only the button's event is the API's /generate.
-        for i, trigger in enumerate((generate_button.click, components['text'].submit)):
-            trigger(arm, None, None, queue=False, api_visibility='private').then(
-                handler, inputs, [gallery, a1111, record, files, status], api_name=API_NAME if i == 0 else None,
-                concurrency_id='generation', api_visibility='public' if i == 0 else 'private')
+        generate_button.click(arm, None, None, queue=False, api_visibility='private').then(
+            handler, inputs, [gallery, a1111, record, files, status], api_name=API_NAME)
         stop_button.click(stop, None, None, queue=False, api_name='stop')
         # The seed's "random" choice empties the field; "Last seed" fills in the seed of the last images.
         random_button.click(lambda: '', None, components['seed'], queue=False, api_visibility='private')

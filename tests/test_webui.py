@@ -240,6 +240,16 @@ def test_the_command_and_the_modelscope_plugin_have_webui(tmp_path, capsys):
     assert (result.returncode, result.stderr) == (
         2, 'modelscope-sdxl: error: --port must be between 1 and 65535, got 0\n')
 
+    # Without Gradio (the [webui] extra), the command says what to install.
+    blocked = tmp_path / 'no-gradio' / 'gradio'
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text("raise ImportError('gradio is not installed')\n")
+    result = subprocess.run(console_script('modelscope-sdxl') + ['webui'], capture_output=True, text=True,
+                            timeout=120, env=dict(env, PYTHONPATH=os.pathsep.join([str(blocked.parent),
+                                                                                   env['PYTHONPATH']])))
+    assert (result.returncode, result.stderr) == (
+        2, "modelscope-sdxl: error: the web page needs Gradio: pip install 'modelscope-sdxl[webui]'\n")
+
     # `modelscope sdxl webui`: the plugin registers the same subcommands.
     from modelscope_sdxl.modelscope_plugin import SDXLCommand
 
@@ -289,6 +299,8 @@ def test_type_a_prompt_click_generate_and_download_the_png(page, webui, mini_pip
     assert main(['generate', PROMPT, '--seed', '7', '--quiet', '--out', str(tmp_path / 'cli.png')]) == 0
     assert saved.read_bytes() == (tmp_path / 'cli.png').read_bytes()
 
+    page.evaluate('window.scrollTo(0, 0)')
+    _settle(page)
     page.screenshot(path=str(tmp_path / 'webui.png'))
     assert Image.open(tmp_path / 'webui.png').size == (1280, 900)
     if os.environ.get('MODELSCOPE_SDXL_WEBUI_SCREENSHOT'):
@@ -321,6 +333,16 @@ def test_stop_mid_run_then_generate_again(page, webui):
     page.get_by_role('button', name='Generate').click()
     [shown] = _gallery_images(page, 1)
     assert _colours(shown) == ('red', 'blue'), _show(page)
+
+
+def test_the_page_shows_the_controls_of_the_chosen_refiner_mode(page, webui):
+    _open(page, webui.url)
+    visible = {n: page.locator(f'#{n}') for n in ('high_noise_frac', 'strength')}
+    assert visible['high_noise_frac'].is_visible() and not visible['strength'].is_visible()
+    page.locator('#refiner_mode input').click()
+    page.get_by_role('option', name='sdedit').click()
+    visible['strength'].wait_for(state='visible')
+    visible['high_noise_frac'].wait_for(state='hidden')
 
 
 def test_a_bad_value_shows_the_message_naming_the_field(page, webui):
