@@ -513,12 +513,17 @@ def serve(demo: Any, host: Optional[str] = None, port: Optional[int] = None, blo
     print(f'modelscope-sdxl webui: serving on {demo.local_url}', flush=True)
     if not block:
         return
+    import signal
+
+    # SIGTERM (a service manager, a Studio, a test) ends the server as Ctrl-C does: closed, files removed.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         demo.close()
         demo.webui.outputs.remove()
 

@@ -47,7 +47,8 @@ class Running:
 
 
 def _start(argv: List[str], folder: str, **extra_env: str) -> Running:
-    env = command_env(folder, **extra_env)
+    # Gradio's cache, where the page's PNG files wait, in the test's folder.
+    env = command_env(folder, GRADIO_TEMP_DIR=os.path.join(folder, 'gradio'), **extra_env)
     log = os.path.join(folder, 'server.log')
     with open(log, 'wb') as out:
         process = subprocess.Popen(argv, env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
@@ -75,6 +76,14 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=15)
 
 
+def _check_stopped(running: Running) -> None:
+    """The server ended on SIGTERM by closing itself: exit code 0, its PNG files removed."""
+    assert running.process.returncode == 0, running.process.returncode
+    cache = running.env['GRADIO_TEMP_DIR']
+    assert os.path.isdir(cache)  # made when the server started
+    assert [n for n in os.listdir(cache) if n.startswith('modelscope-sdxl-')] == []
+
+
 @pytest.fixture(scope='module')
 def webui(tmp_path_factory) -> Iterator[Running]:
     """`modelscope-sdxl webui` on the default (mini) model, on a free port of 127.0.0.1."""
@@ -90,6 +99,7 @@ def webui(tmp_path_factory) -> Iterator[Running]:
         log = f.read()
     assert 'Traceback' not in log, log
     assert foreign_hosts(running.env) == []
+    _check_stopped(running)
 
 
 @pytest.fixture(scope='module')
@@ -104,6 +114,7 @@ def studio(tmp_path_factory) -> Iterator[Running]:
     finally:
         _stop(running.process)
     assert foreign_hosts(running.env) == []
+    _check_stopped(running)
 
 
 @pytest.fixture(scope='module')
@@ -124,6 +135,8 @@ def page(browser, webui):
     context = browser.new_context(viewport={'width': 1280, 'height': 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(RUN_TIMEOUT)
+    page.sent = []  # what the page sent to the queue, for failed assertions
+    page.on('request', lambda r: page.sent.append(r.post_data) if 'queue/join' in r.url else None)
     try:
         yield page
     finally:
@@ -188,8 +201,9 @@ def _colours(rgb: np.ndarray):
 
 
 def _show(page) -> str:
-    """What the page says, for a failed assertion."""
-    return f"status: {page.locator('#status').inner_text()!r}; A1111: {page.locator('#a1111 textarea').input_value()!r}"
+    """What the page says (and sent), for a failed assertion."""
+    return (f"status: {page.locator('#status').inner_text()!r}; "
+            f"A1111: {page.locator('#a1111 textarea').input_value()!r}; sent: {getattr(page, 'sent', None)}")
 
 
 def test_every_parameter_of_the_table_is_a_control_and_an_api_input():
@@ -240,6 +254,11 @@ def test_the_command_and_the_modelscope_plugin_have_webui(tmp_path, capsys):
     assert (result.returncode, result.stderr) == (
         2, 'modelscope-sdxl: error: --port must be between 1 and 65535, got 0\n')
 
+    # Parsing a command line (and so `modelscope`'s plugin) does not import Gradio.
+    result = subprocess.run([sys.executable, '-c', 'import sys; from modelscope_sdxl import cli; cli.build_parser(); '
+                             "print('gradio' in sys.modules)"], env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, 'False\n'), result.stderr
+
     # Without Gradio (the [webui] extra), the command says what to install.
     blocked = tmp_path / 'no-gradio' / 'gradio'
     blocked.mkdir(parents=True)
@@ -277,7 +296,7 @@ def test_type_a_prompt_click_generate_and_download_the_png(page, webui, mini_pip
     _set(page, 'seed', '7')
     page.get_by_role('button', name='Generate').click()
     [shown] = _gallery_images(page, 1)
-    assert _colours(shown) == ('red', 'blue')
+    assert _colours(shown) == ('red', 'blue'), _show(page)
     centre, corner = shown[shown.shape[0] // 2, shown.shape[1] // 2], shown[1, 1]
     assert centre[0] > 150 > centre[2] and corner[2] > 150 > corner[0], (centre, corner)
     assert re.fullmatch(r'Seed 7 · 1 image in \d+\.\d\d s', page.locator('#status').inner_text().strip())
@@ -351,7 +370,10 @@ def test_a_bad_value_shows_the_message_naming_the_field(page, webui):
     _set(page, 'height', '100')
     page.get_by_role('button', name='Generate').click()
     message = page.get_by_text('height must be a multiple of 8 between 8 and 4096, got 100')
-    message.first.wait_for(state='visible')
+    try:
+        message.first.wait_for(state='visible')
+    except Exception:
+        raise AssertionError(_show(page))
     assert 'Traceback' not in page.content()
     assert page.locator('#gallery img').count() == 0
 
