@@ -4,7 +4,7 @@
     python benchmarks/webui.py --rounds 30 --browser
 
 One process loads the mini model once and serves `modelscope-sdxl webui`'s app on 127.0.0.1. Each
-round times, in turn, with the same prompt and seed:
+round times, in a shuffled order and after a short pause, with the same prompt and seed:
 
 - direct: ``pipe({'text': ..., 'seed': ...})``, the call the page makes;
 - handler: the page's handler in-process (the pipeline call, the PNG file with its parameters, the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -101,8 +102,13 @@ def main(argv: Any = None) -> int:
             run()
         clocks = {'wall': time.perf_counter, 'process CPU': time.process_time, 'thread CPU': time.thread_time}
         times: Dict[str, Dict[str, List[float]]] = {clock: {name: [] for name in runs} for clock in clocks}
+        order = random.Random(0)
         for _ in range(args.rounds):
-            for name, run in runs.items():
+            # A shuffled order, and a pause before each call, so that the end of one call (the server
+            # answering, the client closing its stream) does not fall into the next one's time.
+            for name in order.sample(list(runs), len(runs)):
+                run = runs[name]
+                time.sleep(0.3)
                 started = {clock: read() for clock, read in clocks.items()}
                 run()
                 for clock, read in clocks.items():
