@@ -253,19 +253,16 @@ class WebUI:
         self.sessions.flag(session).clear()
 
 
-def _slider_class() -> Any:
+def _slider(**kwargs: Any) -> Any:
     """A Gradio slider whose own bounds check is skipped, so that the table's validation, which names
-    the field, reports a value out of range (sent through the API; the page's slider keeps in range)."""
+    the field, reports a value out of range (sent through the API; the page's slider keeps in range).
+    The instance's preprocess is replaced rather than subclassing: Gradio writes a .pyi file beside the
+    module of every component subclass."""
     import gradio as gr
 
-    class Slider(gr.Slider):
-        def preprocess(self, payload: Any) -> Any:
-            return payload
-
-        def get_block_name(self) -> str:
-            return 'slider'
-
-    return Slider
+    slider = gr.Slider(**kwargs)
+    slider.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    return slider
 
 
 def _components(names: Sequence[str], limits: Any) -> Dict[str, Any]:
@@ -273,7 +270,7 @@ def _components(names: Sequence[str], limits: Any) -> Dict[str, Any]:
     the current Blocks context in that order."""
     import gradio as gr
 
-    slider = _slider_class()
+    slider = _slider
     built: Dict[str, Any] = {}
     for name in names:
         p = PARAMS_BY_NAME[name]
