@@ -34,8 +34,12 @@ setup(
         'server': ['fastapi>=0.115,<0.120', 'starlette>=0.40,<0.49', 'uvicorn>=0.30'],
         # `modelscope-sdxl batch --ray`: Ray Data's actor pools (docs/batch.md).
         'ray': ['ray[data]>=2.51'],
+        # `modelscope-sdxl webui` (docs/webui.md). Gradio 6.16+ needs Starlette >= 1, which `modelscope server`
+        # cannot use, so the two extras install together only below that.
+        'webui': ['gradio>=6.0,<6.16'],
+        # The browser tests drive Debian's chromium (apt-get install chromium) with Playwright.
         'test': ['pytest>=7', 'peft>=0.10', 'fastapi>=0.115,<0.120', 'starlette>=0.40,<0.49', 'uvicorn>=0.30',
-                 'ray[data]>=2.51',
+                 'ray[data]>=2.51', 'gradio>=6.0,<6.16', 'gradio_client>=2.0', 'playwright>=1.50',
                  # tests/test_a1111.py: an independent reader of A1111's PNG text.
                  'sd-parsers>=0.6'],
     },

@@ -3,6 +3,7 @@
     modelscope-sdxl generate "a dog" --seed 1 --out dog.png          # generate.py
     modelscope-sdxl batch prompts.jsonl --out images/                # batch.py
     modelscope-sdxl schema                                           # JSON Schema of every parameter
+    modelscope-sdxl webui                                            # a web page (webui.py, webui_app.py)
 
 The same commands run as ``modelscope sdxl ...`` (``plugin.py``) and as ``python -m modelscope_sdxl ...``.
 
@@ -24,6 +25,7 @@ from .errors import exit_code, one_line
 from .flags import SuggestingParser
 from .generate import add_generate_parser, generate_command
 from .quiet import verbose
+from .webui import add_webui_parser, webui_command
 from .words import in_cli_words
 
 PROG = 'modelscope-sdxl'
@@ -74,6 +76,7 @@ SUBCOMMANDS: List[Subcommand] = [
     Subcommand(add_generate_parser, generate_command),
     Subcommand(add_schema_parser, schema_command),
     Subcommand(add_batch_parser, batch_command),
+    Subcommand(add_webui_parser, webui_command),
 ]
 
 

@@ -28,9 +28,10 @@ def image_parameters(parameters: Dict[str, Any], seeds: List[int]) -> List[Dict[
     return [{**parameters, 'seed': seed, 'num_images_per_prompt': 1} for seed in seeds]
 
 
-def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
-             extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a BGR uint8 image as PNG with its parameters, atomically (write, then rename)."""
+def png_bytes(image_bgr: np.ndarray, parameters: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """A BGR uint8 image as the bytes of a PNG file carrying its parameters (and `extra`, e.g. the model)."""
+    import io
+
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -38,8 +39,16 @@ def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
     record = {**parameters, **(extra or {})}
     info.add_text(A1111_KEY, a1111_text(record))
     info.add_text(JSON_KEY, json.dumps(record, sort_keys=True))
-    rgb = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
-    atomic_write(path, lambda f: rgb.save(f, format='PNG', pnginfo=info))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(buffer, format='PNG', pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(path: str, image_bgr: np.ndarray, parameters: Dict[str, Any],
+             extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a BGR uint8 image as PNG with its parameters, atomically (write, then rename)."""
+    data = png_bytes(image_bgr, parameters, extra)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _big_int(digits: str) -> Any:

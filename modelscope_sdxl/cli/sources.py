@@ -157,7 +157,7 @@ class ModelSource:
             raise CommandError(f'{self.model!r} at revision {self.revision or "master"!r} is not on the hub '
                                f'({str(exc).splitlines()[0]})') from exc
 
-    def build_pipeline(self, progress_bar: bool = False, lora: Any = None) -> Any:
+    def build_pipeline(self, progress_bar: bool = False, lora: Any = None, max_images_per_call: int = 8) -> Any:
         """This package's pipeline on the source. The base is fetched here rather than by the
         pipeline, so that ModelScope's builder sees an absolute folder (a relative 'a/b' would look
         like a hub id to it) and does not ask the hub about the id first."""
@@ -167,7 +167,7 @@ class ModelSource:
         from ..names import PIPELINE_TYPE, TASK
 
         kwargs: Dict[str, Any] = {'device': check_device(self.device or default_device()),
-                                  'progress_bar': progress_bar}
+                                  'progress_bar': progress_bar, 'max_images_per_call': max_images_per_call}
         folder = self.base_folder()
         if self.refiner is not None:
             kwargs['refiner'] = None if self.no_refiner else self.refiner
