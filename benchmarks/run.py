@@ -103,7 +103,7 @@ def unet_step_flops(unet_config: Dict[str, Any], height: int, width: int, time_i
                   added_cond_kwargs={'text_embeds': torch.zeros(batch, text_embeds, **meta),
                                      'time_ids': torch.zeros(batch, time_ids, **meta)})
     if cached_call:
-        from modelscope_sdxl.step_cache import with_step_cache
+        from modelscope_sdxl.stages.step_cache import with_step_cache
 
         unet = with_step_cache(unet, max(step_cache, 2))
         unet(**inputs)  # the full call that fills the cache

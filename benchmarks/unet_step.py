@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument('--calls', type=int, default=1)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--step-cache', type=int, default=1,
-                        help='N > 1: calls go through modelscope_sdxl.step_cache (full every N-th call); full and '
+                        help='N > 1: calls go through modelscope_sdxl.stages.step_cache (full every N-th call); full and '
                              'cached calls are timed and FLOP-counted apart')
     parser.add_argument('--configs', default=FULL_CONFIGS)
     args = parser.parse_args()
@@ -61,7 +61,7 @@ def main() -> int:
                   encoder_hidden_states=torch.randn(b, 77, config['cross_attention_dim']),
                   added_cond_kwargs={'text_embeds': torch.randn(b, text_embeds), 'time_ids': torch.randn(b, time_ids)})
     if args.step_cache > 1:
-        from modelscope_sdxl.step_cache import with_step_cache
+        from modelscope_sdxl.stages.step_cache import with_step_cache
 
         unet = with_step_cache(unet, args.step_cache)
     seconds, cached = [], []

@@ -12,12 +12,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .components import SDXLComponents, with_modules
+from .loading.components import SDXLComponents, with_modules
 from .parameters import GenerationRequest
-from .picture_stages import base_inputs, pinned_vae, refiner_inputs, stage_class
-from .prompts import encode, encode_for_refiner, uses_guidance
-from .schedulers import make_scheduler
-from .step_cache import with_step_cache
+from .stages.pictures import base_inputs, pinned_vae, refiner_inputs, stage_class
+from .stages.prompts import encode, encode_for_refiner, uses_guidance
+from .stages.schedulers import make_scheduler
+from .stages.step_cache import with_step_cache
 
 
 class NonFiniteOutputError(RuntimeError):

@@ -9,15 +9,15 @@ from modelscope.models.base import TorchModel
 from modelscope.models.builder import MODELS
 from modelscope.utils.device import create_device
 
-from .dtypes import check_use_safetensors, choose_dtype
+from .loading.dtypes import check_use_safetensors, choose_dtype
 from .generation import generate
-from .lora import parse_lora
+from .loading.lora import parse_lora
 from .hub import REFINER_FILES, check_device, files_to_fetch, resolve_folder
-from .loading import load_components
+from .loading.networks import load_components
 from .names import MODEL_TYPE, TASK
-from .single_file import config_folders, is_single_file, local_single_file
+from .loading.single_file import config_folders, is_single_file, local_single_file
 from .parameters import GenerationRequest, ModelLimits
-from .repo_trust import caller_allow_pickle, origin, repo_refiner
+from .loading.repo_trust import caller_allow_pickle, origin, repo_refiner
 
 # Keys ModelScope's Model.from_pretrained passes along with configuration.json's `model` section.
 _MODELSCOPE_KEYS = frozenset({'device_map', 'trust_remote_code', 'model_prefetched', 'invoked_by'})

@@ -4,20 +4,19 @@ Parameters arrive as keys of the input dict (as ModelScope's built-in diffusers
 pipeline takes them) or as keyword arguments of the call (as ``modelscope
 server`` passes its "parameters"). Both are merged, checked against the table
 below and turned into a :class:`GenerationRequest`. The same table produces the
-JSON Schema (:func:`json_schema`), the command-line flags and docs/parameters.md.
+JSON Schema and docs/parameters.md (``inputs/schema.py``) and the command-line flags.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .text_checks import check_text
-from .schedulers import SCHEDULER_NAMES
+from .inputs.text_checks import check_text
+from .stages.schedulers import SCHEDULER_NAMES
 
 REFINER_MODES = ('ensemble', 'sdedit', 'none')  # the modes of a text-only call
 # 'refiner_only' runs the refiner alone on a given image (SDEdit), so it needs `image` and a refiner.
@@ -218,7 +217,7 @@ def _allowed(p: Param) -> str:
     if p.choices:
         return 'one of ' + ', '.join(repr(c) for c in p.choices)
     if p.type in ('image', 'mask'):
-        from .images import ALLOWED
+        from .inputs.images import ALLOWED
 
         return ALLOWED
     if p.type == 'size':
@@ -247,7 +246,7 @@ def check_value(p: Param, value: Any) -> Any:
             return None
         raise ValueError(f'{p.name} must be {_allowed(p)}, got None')
     if p.type in ('image', 'mask'):
-        from .images import load_picture
+        from .inputs.images import load_picture
 
         return load_picture(p.name, value, MAX_SIDE, mask=p.type == 'mask')
     if p.type == 'string':
@@ -441,52 +440,5 @@ def validate(raw: Mapping[str, Any], limits: ModelLimits) -> GenerationRequest:
     return GenerationRequest(**values)
 
 
-def json_schema() -> Dict[str, Any]:
-    """JSON Schema of the input, generated from the same table the validation uses."""
-    props: Dict[str, Any] = {}
-    for p in PARAMS:
-        json_type = {'size': 'array', 'image': 'string', 'mask': 'string'}.get(p.type, p.type)
-        s: Dict[str, Any] = {'type': [json_type, 'null'] if p.nullable else json_type,
-                             'description': p.description, 'x-stage': p.stage}
-        if p.type == 'size':
-            s.update(items={'type': 'integer', 'minimum': 0 if 'crops' in p.name else 1}, minItems=2, maxItems=2)
-        if p.default is not None:
-            s['default'] = list(p.default) if isinstance(p.default, tuple) else p.default
-        if p.choices:
-            s['enum'] = list(p.choices) + ([None] if p.nullable else [])
-        for key, val in (('minimum', p.minimum), ('maximum', p.maximum),
-                         ('exclusiveMinimum', p.exclusive_minimum), ('exclusiveMaximum', p.exclusive_maximum)):
-            if val is not None:
-                s[key] = val
-        if p.refiner_modes != ALL_REFINER_MODES:
-            s['x-refiner-modes'] = list(p.refiner_modes)
-        props[p.name] = s
-    return {'$schema': 'https://json-schema.org/draft/2020-12/schema', 'title': 'SDXL base + refiner input',
-            'type': 'object', 'properties': props, 'required': ['text'], 'additionalProperties': False}
-
-
 def known_parameters() -> List[str]:
     return [p.name for p in PARAMS] + list(CALL_ONLY)
-
-
-def parameters_markdown() -> str:
-    """docs/parameters.md, generated from the table (a test keeps the file equal to this)."""
-    lines = ['# Parameters', '',
-             'Generated from `modelscope_sdxl/parameters.py` by `modelscope-sdxl schema --markdown`; '
-             'the JSON Schema is `modelscope-sdxl schema`.', '',
-             'Each parameter can be a key of the input dict or a keyword argument of the call '
-             '(in `modelscope server`, a key of "parameters"). Unknown names are rejected.', '',
-             '| name | type | default | allowed | stage | description |', '|---|---|---|---|---|---|']
-    for p in PARAMS:
-        default = 'required' if p.name == 'text' else 'none' if p.name in PICTURES else (
-            'derived' if p.default is None else f'`{json.dumps(p.default)}`')
-        allowed = _allowed(p)
-        if p.nullable:
-            allowed += ', or null'
-        if p.refiner_modes != ALL_REFINER_MODES:
-            allowed += '; only with refiner_mode ' + ' or '.join(f"'{m}'" for m in p.refiner_modes)
-        lines.append(f'| `{p.name}` | {p.type} | {default} | {allowed} | {p.stage} | {p.description} |')
-    lines += ['', 'Python callers may also pass `callback=fn`: `fn(stage, step, total_steps)` is called after every '
-              "denoising step of each stage ('base', 'refiner'); returning `False` stops the run, which raises "
-              '`GenerationCancelled`.', '']
-    return '\n'.join(lines)

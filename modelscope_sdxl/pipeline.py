@@ -15,13 +15,13 @@ from modelscope.pipelines.builder import PIPELINES
 from modelscope.utils.constant import Frameworks
 
 from .hub import BASE_FILES, check_device, check_device_present, files_to_fetch, is_local_reference, resolve_folder
-from .limits import LIMIT_ARGS, RequestLimits, check_prompt_lengths, check_request, without_batch_size
+from .inputs.limits import LIMIT_ARGS, RequestLimits, check_prompt_lengths, check_request, without_batch_size
 from .model import MODEL_ARGS, SDXLModel
-from .repo_trust import from_caller
+from .loading.repo_trust import from_caller
 from .names import PIPELINE_TYPE, TASK
 from .parameters import merge_inputs, validate
-from .repo_configs import PLAIN_REPO_CONFIGURATION, names_this_model
-from .single_file import is_single_file, local_single_file
+from .loading.repo_configs import PLAIN_REPO_CONFIGURATION, names_this_model
+from .loading.single_file import is_single_file, local_single_file
 
 # Keys ModelScope's `pipeline()` builder passes to every pipeline.
 _MODELSCOPE_KEYS = frozenset({'trust_remote_code'})

@@ -7,7 +7,7 @@ import torch
 from modelscope_sdxl.cli.a1111 import (a1111_text, clip_skip_from_a1111, clip_skip_to_a1111, parse_a1111_text,
                                        scheduler_from_a1111)
 from modelscope_sdxl.cli.png import save_png
-from modelscope_sdxl.schedulers import SCHEDULER_NAMES
+from modelscope_sdxl.stages.schedulers import SCHEDULER_NAMES
 
 PARAMS = {'text': 'a castle, (red:1.2) roof', 'negative_prompt': 'blurry, ugly', 'num_inference_steps': 30,
           'guidance_scale': 5.5, 'seed': 123, 'height': 64, 'width': 80, 'scheduler': 'dpmpp_2m_karras',

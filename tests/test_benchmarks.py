@@ -64,7 +64,7 @@ def test_gpu_benchmark_builds_half_precision_folders_that_pass_the_folder_checks
     from safetensors import safe_open
 
     from benchmarks.models import build_pair
-    from modelscope_sdxl.folder_checks import check_folder
+    from modelscope_sdxl.loading.folder_checks import check_folder
     from modelscope_sdxl.mini.sdxl_folders import tiny_configs
 
     base, refiner = build_pair(str(tmp_path / 'pair'), tiny_configs(), dtype=torch.float16)

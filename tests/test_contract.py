@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from modelscope_sdxl.parameters import json_schema, known_parameters
+from modelscope_sdxl.inputs.schema import json_schema
+from modelscope_sdxl.parameters import known_parameters
 
 GOOD = {'text': 'a dog', 'seed': 1, 'num_inference_steps': 4}
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from modelscope_sdxl.parameters import json_schema, parameters_markdown
+from modelscope_sdxl.inputs.schema import json_schema, parameters_markdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,11 +8,11 @@ import torch
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl import dtypes
+from modelscope_sdxl.loading import dtypes
 from modelscope_sdxl.cli import build_parser as cli_parser
 from modelscope_sdxl.cli.errors import CommandError
 from modelscope_sdxl.cli.sources import ModelSource
-from modelscope_sdxl.dtypes import SlowDtypeWarning
+from modelscope_sdxl.loading.dtypes import SlowDtypeWarning
 
 TASK = Tasks.text_to_image_synthesis
 CALL = {'text': 'a red circle', 'seed': 4, 'num_inference_steps': 5}

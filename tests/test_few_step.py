@@ -31,7 +31,7 @@ def test_few_step_sampler_matches_diffusers(sdxl_pipe, diffusers_pair, name, mod
 
 def test_trailing_spacing_starts_at_the_last_training_timestep(sdxl_pipe):
     """What SDXL-Lightning and Turbo rely on: the first step is at t=999, not 'leading' spacing's 751."""
-    from modelscope_sdxl.schedulers import make_scheduler
+    from modelscope_sdxl.stages.schedulers import make_scheduler
 
     model_scheduler = sdxl_pipe.model.components.base.scheduler
     for name in ('euler_trailing', 'euler_ancestral_trailing'):

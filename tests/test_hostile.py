@@ -20,9 +20,9 @@ from modelscope.utils.constant import Tasks
 from modelscope_sdxl import cli
 from modelscope_sdxl.cli.batch import MANIFEST, run_batch
 from modelscope_sdxl.cli.png import JSON_KEY
-from modelscope_sdxl.folder_checks import ModelFolderError
+from modelscope_sdxl.loading.folder_checks import ModelFolderError
 from modelscope_sdxl.generation import NonFiniteOutputError
-from modelscope_sdxl.limits import DEFAULT_MAX_PROMPT_CHARS
+from modelscope_sdxl.inputs.limits import DEFAULT_MAX_PROMPT_CHARS
 
 from test_reliability import copy_pair, edit_json
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl.images import load_picture
+from modelscope_sdxl.inputs.images import load_picture
 from modelscope_sdxl.mini.scenes import Scene, render
 from modelscope_sdxl.parameters import validate
 

@@ -94,11 +94,29 @@ def test_the_package_has_no_import_cycle():
     assert find_cycle(import_graph()) == []
 
 
+CORE_PACKAGES = ('modelscope_sdxl.loading', 'modelscope_sdxl.stages', 'modelscope_sdxl.inputs')
+# The old import paths (batch, mini_model) and `python -m` point into the other layers.
+ENTRY_POINTS = ('modelscope_sdxl.batch', 'modelscope_sdxl.mini_model', 'modelscope_sdxl.__main__')
+
+
+def _is_core(module: str) -> bool:
+    if module in ENTRY_POINTS or module.startswith(('modelscope_sdxl.cli', 'modelscope_sdxl.mini')):
+        return False
+    return module.count('.') == 1 or module.startswith(CORE_PACKAGES)
+
+
 def test_the_core_does_not_import_the_command_line_or_the_mini_model():
-    for module, targets in import_graph().items():
-        # The old import paths (batch, mini_model) and `python -m` point into the other layers.
-        if module.count('.') == 1 and module not in ('modelscope_sdxl.cli', 'modelscope_sdxl.mini',
-                                                     'modelscope_sdxl.batch', 'modelscope_sdxl.mini_model',
-                                                     'modelscope_sdxl.__main__'):
-            outside = {t for t in targets if t.startswith(('modelscope_sdxl.cli', 'modelscope_sdxl.mini'))}
-            assert not outside, f'{module} imports {sorted(outside)}'
+    graph = import_graph()
+    core = [m for m in graph if _is_core(m)]
+    assert 'modelscope_sdxl.pipeline' in core and 'modelscope_sdxl.loading.networks' in core
+    for module in core:
+        outside = {t for t in graph[module] if t.startswith(('modelscope_sdxl.cli', 'modelscope_sdxl.mini'))}
+        assert not outside, f'{module} imports {sorted(outside)}'
+
+
+def test_the_package_root_shows_the_core_in_few_small_modules():
+    root = sorted(f for f in os.listdir(PACKAGE_DIR) if f.endswith('.py'))
+    assert len(root) <= 16, root
+    assert {'cli', 'mini', 'loading', 'stages', 'inputs'} <= set(os.listdir(PACKAGE_DIR))
+    long = {m: n for m, path in _modules().items() if (n := sum(1 for _ in open(path, encoding='utf-8'))) > 450}
+    assert long == {}, f'modules over 450 lines: {long}'

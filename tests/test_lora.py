@@ -96,7 +96,7 @@ def test_lora_for_another_model_is_refused(tiny_sdxl, lora_files):
 @pytest.mark.parametrize('path', ['missing.safetensors', 'loras/missing.safetensors', './missing', 'a/b/c',
                                   '~/no-such-lora-folder'])
 def test_a_local_lora_path_that_does_not_exist_is_never_sent_to_the_hub(tiny_sdxl, monkeypatch, path):
-    import modelscope_sdxl.lora as lora
+    import modelscope_sdxl.loading.lora as lora
 
     asked = []
     monkeypatch.setattr(lora, 'resolve_folder', lambda *args, **kwargs: asked.append(args))
@@ -112,7 +112,7 @@ def test_a_local_lora_path_that_does_not_exist_is_never_sent_to_the_hub(tiny_sdx
                                      ('owner/x.safetensors', False), ('x.safetensors', False), ('a/b/c', False),
                                      ('./owner/name', False), ('/abs/owner', False), ('~/x', False)])
 def test_only_owner_name_ids_are_hub_ids(ref, hub):
-    from modelscope_sdxl.lora import is_hub_id
+    from modelscope_sdxl.loading.lora import is_hub_id
 
     assert is_hub_id(ref) is hub
 
@@ -120,7 +120,7 @@ def test_only_owner_name_ids_are_hub_ids(ref, hub):
 def test_a_hub_id_goes_to_the_hub_and_a_local_folder_does_not(tmp_path, lora_files, monkeypatch):
     import shutil
 
-    import modelscope_sdxl.lora as lora
+    import modelscope_sdxl.loading.lora as lora
 
     asked = []
     served = tmp_path / 'served'

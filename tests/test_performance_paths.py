@@ -8,7 +8,7 @@ import torch
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl.parameters import validate
-from modelscope_sdxl.prompts import encode, encode_for_refiner
+from modelscope_sdxl.stages.prompts import encode, encode_for_refiner
 
 CASES = [
     {'text': 'a red circle', 'seed': 1},

@@ -5,7 +5,7 @@ import torch
 
 from modelscope_sdxl.generation import GenerationCancelled
 from modelscope_sdxl.parameters import validate
-from modelscope_sdxl.prompts import encode, parse_weighted
+from modelscope_sdxl.stages.prompts import encode, parse_weighted
 
 LONG = ('a red circle on a blue background, ' * 12).strip(', ')  # about 100 tokens
 

@@ -13,7 +13,7 @@ import torch
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl.generation import NonFiniteOutputError, decode_latents
-from modelscope_sdxl.folder_checks import ModelFolderError
+from modelscope_sdxl.loading.folder_checks import ModelFolderError
 
 CALLS = [
     {'text': 'a red circle', 'seed': 1, 'scheduler': 'euler'},

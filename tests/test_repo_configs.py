@@ -17,7 +17,7 @@ import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl.names import PIPELINE_TYPE
-from modelscope_sdxl.repo_configs import configured_model_type, names_this_model
+from modelscope_sdxl.loading.repo_configs import configured_model_type, names_this_model
 
 from hub_fixtures import hub_environment
 from hub_stub import HubStub, StubRepo

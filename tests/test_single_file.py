@@ -16,7 +16,7 @@ import torch
 import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
-from modelscope_sdxl import single_file
+from modelscope_sdxl.loading import single_file
 from modelscope_sdxl.mini.sdxl_folders import TINY_TEXT_ENCODER, TINY_UNET_COMMON, TINY_VAE, build_sdxl_pair, pair_configs
 from modelscope_sdxl.names import PIPELINE_TYPE
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import diffusers_images, max_pixel_difference
-from modelscope_sdxl.step_cache import with_step_cache
+from modelscope_sdxl.stages.step_cache import with_step_cache
 
 
 def _deep_blocks(unet):

@@ -50,7 +50,7 @@ def add_schema_parser(subparsers: Any) -> argparse.ArgumentParser:
 def schema_command(args: argparse.Namespace) -> int:
     import json
 
-    from ..parameters import json_schema, parameters_markdown
+    from ..inputs.schema import json_schema, parameters_markdown
 
     print_to_pipe(parameters_markdown() if args.markdown else json.dumps(json_schema(), indent=2))
     return 0

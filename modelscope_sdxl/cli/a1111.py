@@ -33,7 +33,7 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..schedulers import SCHEDULER_NAMES
+from ..stages.schedulers import SCHEDULER_NAMES
 
 # Our parameter names -> A1111's labels ('Sampler' and 'Clip skip' are translated, see below).
 LABELS = {

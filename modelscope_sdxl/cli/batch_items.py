@@ -14,7 +14,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ..text_checks import lone_surrogate
+from ..inputs.text_checks import lone_surrogate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +66,7 @@ def _resolve_pictures(inputs: Dict[str, Any], path: str) -> Dict[str, Any]:
     the same from any working directory and on a Ray worker. Base64 data is left as it is."""
     import os
 
-    from ..images import is_encoded
+    from ..inputs.images import is_encoded
     from ..parameters import PICTURES
 
     for name in PICTURES:

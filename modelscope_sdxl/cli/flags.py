@@ -14,7 +14,7 @@ import random
 import re
 from typing import Any, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
-from ..schedulers import SCHEDULER_NAMES
+from ..stages.schedulers import SCHEDULER_NAMES
 
 RANDOM_SEED = -1
 

@@ -18,10 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from ..limits import RequestLimits, check_prompt_lengths
+from ..inputs.limits import RequestLimits, check_prompt_lengths
 from ..parameters import (MAX_SEED, PARAMS, PARAMS_BY_NAME, PICTURES, bucket_for_aspect_ratio, check_names,
                           check_value)
-from ..schedulers import SCHEDULER_NAMES
+from ..stages.schedulers import SCHEDULER_NAMES
 from .errors import CommandError
 from .flags import draw_seed, sampler_name, seed_value, with_default
 from .lora_args import LORA_KEY, add_lora_arguments, looks_like_hub_id, lora_for_pipeline
@@ -306,7 +306,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 def _check_pictures(args: argparse.Namespace, recorded: Dict[str, Any]) -> None:
     """A PNG made from a picture needs that picture again: name the file it was made from, and note a
     different one (its pixels will differ)."""
-    from ..images import file_sha256
+    from ..inputs.images import file_sha256
 
     for name, record in recorded.items():
         flag = '--image' if name == 'image' else '--mask'

@@ -1,6 +1,6 @@
 """LoRAs on the command line: ``--lora PATH_OR_ID[:SCALE]`` and A1111's ``<lora:NAME:0.8>`` in prompts.
 
-Both become the pipeline's ``lora=`` argument (``modelscope_sdxl/lora.py`` loads and fuses them).
+Both become the pipeline's ``lora=`` argument (``modelscope_sdxl/loading/lora.py`` loads and fuses them).
 A tag names a file in ``--lora-dir`` (``NAME.safetensors``, also in its subfolders, as A1111 looks
 in ``models/Lora``) and is taken out of the text that is encoded; the PNG keeps the prompt with its
 tags, as A1111's do, so ``--from-png`` finds them again. A local path that does not exist is an

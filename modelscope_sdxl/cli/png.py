@@ -89,7 +89,7 @@ def picture_records(inputs: Dict[str, Any]) -> Dict[str, Any]:
     import hashlib
     import os
 
-    from ..images import encoded_bytes, file_sha256
+    from ..inputs.images import encoded_bytes, file_sha256
     from ..parameters import PICTURES
 
     records: Dict[str, Any] = {}

@@ -19,9 +19,9 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional
 
-from ..dtypes import DTYPE_NAMES
+from ..loading.dtypes import DTYPE_NAMES
 from ..hub import BASE_FILES, check_device, files_to_fetch, is_local_reference, resolve_folder
-from ..single_file import is_single_file
+from ..loading.single_file import is_single_file
 from .errors import CommandError, http_status
 from .files import flock
 

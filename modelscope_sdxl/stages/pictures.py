@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .parameters import GenerationRequest
+from ..parameters import GenerationRequest
 
 
 def stage_class(request: GenerationRequest, stage: str) -> Optional[Any]:

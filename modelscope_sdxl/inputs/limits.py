@@ -58,7 +58,7 @@ def check_prompt_lengths(raw: Mapping[str, Any], limits: RequestLimits) -> None:
 def check_prompt_weights(name: str, text: str) -> None:
     """prompt_weighting: brackets nested at most MAX_WEIGHT_NESTING deep and every weight finite and
     within +-MAX_PROMPT_WEIGHT, so extreme weights are refused before any model work (they end as NaN)."""
-    from .prompts import _ATTENTION_RE, parse_weighted
+    from ..stages.prompts import _ATTENTION_RE, parse_weighted
 
     depth = deepest = 0
     for m in _ATTENTION_RE.finditer(text):
@@ -86,7 +86,7 @@ def _texts(request: Any) -> Dict[str, str]:
 def check_request(request: Any, limits: RequestLimits, tokenizers: Iterable[Any]) -> None:
     """Caps that need the validated request: prompt weights, prompt tokens and the call's work.
     Counting tokens is linear in the (already capped) characters; nothing is encoded."""
-    from .prompts import _ENCODE_LOCK  # the tokenizers are shared and not thread-safe
+    from ..stages.prompts import _ENCODE_LOCK  # the tokenizers are shared and not thread-safe
 
     texts = _texts(request)
     if request.prompt_weighting:

@@ -74,7 +74,7 @@ def _missing_tokenizers(config_dir: str, role: str, passed: Mapping[str, Any]) -
         return {}
     from transformers import CLIPTokenizer
 
-    from .hub import resolve_folder
+    from ..hub import resolve_folder
 
     try:
         folder = resolve_folder(TOKENIZER_REPO, None, TOKENIZER_FILES)

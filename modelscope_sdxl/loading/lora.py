@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
-from .hub import resolve_folder
+from ..hub import resolve_folder
 
 LORA_TARGETS = ('base', 'refiner', 'both')
 

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, Optional
 
-from .names import MODEL_TYPE
+from ..names import MODEL_TYPE
 
 #: configuration.json ModelScope's Pipeline reads for a repo whose own does not name this package's model.
 PLAIN_REPO_CONFIGURATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plain_repo',

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .parameters import GenerationRequest
+from ..parameters import GenerationRequest
 
 # Tokenizers (Rust, shared by all calls) raise "Already borrowed" when used from two threads at once.
 _ENCODE_LOCK = threading.Lock()
