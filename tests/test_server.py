@@ -26,7 +26,7 @@ from modelscope_sdxl.parameters import PARAMS, bucket_for_aspect_ratio
 
 from hub_fixtures import hub_repos, hub_server  # noqa: F401  (fixtures)
 from hub_stub import _REPO_PATH, BASE_DECOYS, BASE_ID, REFINER_ID
-from subprocess_env import command_env, console_script, foreign_hosts, free_port
+from subprocess_env import command_env, console_script, foreign_hosts, free_port, stop_process
 
 REVISION = 'v1.0.0'
 START_TIMEOUT = 240  # seconds for the server to download the model and build the pipeline
@@ -50,16 +50,6 @@ class Server:
     def call(self, body: Dict[str, Any]) -> requests.Response:
         assert self.process.poll() is None, 'the server has exited:\n' + self.output()[-5000:]
         return requests.post(self.url + '/call', json=body, timeout=CALL_TIMEOUT)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope='module')
@@ -93,7 +83,7 @@ def server(hub_server, tmp_path_factory):
             time.sleep(0.5)
         yield running
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope='module')

@@ -27,7 +27,7 @@ from modelscope_sdxl.mini.scenes import read_image
 from modelscope_sdxl.parameters import PARAMS, PARAMS_BY_NAME
 from modelscope_sdxl.cli.png import JSON_KEY, read_png_parameters
 from modelscope_sdxl.cli.webui_app import COMMON, input_names, page_values_to_input
-from subprocess_env import command_env, console_script, foreign_hosts, free_port
+from subprocess_env import command_env, console_script, foreign_hosts, free_port, stop_process
 
 CHROMIUM = '/usr/bin/chromium'
 PROMPT = 'a red circle on a blue background'
@@ -61,19 +61,9 @@ def _start(argv: List[str], folder: str, **extra_env: str) -> Running:
         if process.poll() is not None:
             break
         time.sleep(0.2)
-    _stop(process)
+    stop_process(process)
     with open(log, encoding='utf-8', errors='replace') as f:
         raise AssertionError(f'the web page did not start within {START_TIMEOUT} s:\n{f.read()[-4000:]}')
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def _check_stopped(running: Running) -> None:
@@ -94,7 +84,7 @@ def webui(tmp_path_factory) -> Iterator[Running]:
     try:
         yield running
     finally:
-        _stop(running.process)
+        stop_process(running.process)
     with open(running.log, encoding='utf-8', errors='replace') as f:
         log = f.read()
     assert 'Traceback' not in log, log
@@ -112,7 +102,7 @@ def studio(tmp_path_factory) -> Iterator[Running]:
     try:
         yield running
     finally:
-        _stop(running.process)
+        stop_process(running.process)
     assert foreign_hosts(running.env) == []
     _check_stopped(running)
 
