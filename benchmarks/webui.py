@@ -54,6 +54,7 @@ def _page_load_seconds(url: str, times: int) -> List[float]:
                 page = context.new_page()
                 started = time.perf_counter()
                 page.goto(url)
+                page.wait_for_function("() => document.body.dataset.webuiReady === 'true'")
                 page.wait_for_function("() => { const b = document.querySelector('#generate');"
                                        " return b && !b.disabled; }")
                 seconds.append(time.perf_counter() - started)

@@ -146,6 +146,7 @@ def _open(page, url: str) -> float:
     started = time.perf_counter()
     page.goto(url)
     page.locator('#generate').wait_for(state='visible')
+    page.wait_for_function("() => document.body.dataset.webuiReady === 'true'")
     page.wait_for_function("() => { const b = document.querySelector('#generate');"
                            " return b && !b.disabled; }")
     seconds = time.perf_counter() - started
@@ -368,23 +369,27 @@ def test_a_bad_value_shows_the_message_naming_the_field(page, webui):
     assert page.locator('#gallery img').count() == 0
 
 
-def test_two_pages_at_once_each_get_their_own_images(browser, webui):
-    contexts = [browser.new_context(viewport={'width': 1280, 'height': 900}) for _ in range(2)]
+def test_two_pages_at_once_each_get_their_own_images(browser, webui, mini_pipe):
+    jobs = ((PROMPT, '8', ('red', 'blue')), (OTHER_PROMPT, '9', ('yellow', 'black')))
+    contexts = [browser.new_context(viewport={'width': 1280, 'height': 900}) for _ in jobs]
     try:
         pages = [c.new_page() for c in contexts]
-        for page, prompt in zip(pages, (PROMPT, OTHER_PROMPT)):
+        for page, (prompt, seed, _) in zip(pages, jobs):
             page.set_default_timeout(RUN_TIMEOUT)
+            page.sent = []
+            page.on('request', lambda r, page=page: page.sent.append(r.post_data) if 'queue/join' in r.url else None)
             _open(page, webui.url)
             _set(page, 'prompt', prompt)
+            _set(page, 'seed', seed)
             _set(page, 'num_inference_steps', '60')  # long enough for the runs to overlap in the queue
         for page in pages:
             page.get_by_role('button', name='Generate').click()
-        [first] = _gallery_images(pages[0], 1)
-        [second] = _gallery_images(pages[1], 1)
-        assert _colours(first) == ('red', 'blue')
-        assert _colours(second) == ('yellow', 'black')
-        texts = [p.locator('#a1111 textarea').input_value() for p in pages]
-        assert texts[0].startswith(PROMPT + '\n') and texts[1].startswith(OTHER_PROMPT + '\n')
+        for page, (prompt, seed, colours) in zip(pages, jobs):
+            [shown] = _gallery_images(page, 1)
+            assert _colours(shown) == colours, _show(page)
+            direct = mini_pipe({'text': prompt, 'seed': int(seed), 'num_inference_steps': 60})
+            assert np.array_equal(shown, direct['output_imgs'][0][:, :, ::-1]), _show(page)
+            assert page.locator('#a1111 textarea').input_value().startswith(prompt + '\n')
     finally:
         for context in contexts:
             context.close()

@@ -412,6 +412,9 @@ def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refin
         reuse_button.click(lambda r: '' if not r else str(r.get('seed', '')), record, components['seed'],
                            queue=False, api_visibility='private')
         demo.unload(forget)
+        # Marks the page as ready once Gradio has set up every control (its load events run last):
+        # typing into a field before that can be undone by that set-up.
+        demo.load(None, None, None, js="() => { document.body.dataset.webuiReady = 'true'; }")
         _mode_visibility(components, limits)
     demo.queue(default_concurrency_limit=1)
     demo.webui = ui  # type: ignore[attr-defined]
