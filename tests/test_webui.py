@@ -292,7 +292,7 @@ def test_type_a_prompt_click_generate_and_download_the_png(page, webui, mini_pip
     assert centre[0] > 150 > centre[2] and corner[2] > 150 > corner[0], (centre, corner)
     assert re.fullmatch(r'Seed 7 · 1 image in \d+\.\d\d s', page.locator('#status').inner_text().strip())
     a1111 = page.locator('#a1111 textarea').input_value()
-    assert a1111.startswith(PROMPT + '\nSteps: 30, Sampler: euler, CFG scale: 5.0, Seed: 7, Size: 64x64'), a1111
+    assert a1111.startswith(PROMPT + '\nSteps: 30, Sampler: Euler, CFG scale: 5.0, Seed: 7, Size: 64x64'), a1111
 
     with page.expect_download() as download:
         page.locator('#files a').first.click()
@@ -417,13 +417,14 @@ def test_gradio_client_generate(studio, mini_pipe, tmp_path):
     assert a1111.startswith(PROMPT + '\n') and 'Seed: 5' in a1111
     assert status.startswith('Seed 5 · 2 images in ')
     direct = mini_pipe({'text': PROMPT, 'seed': 5, 'num_images_per_prompt': 2})
-    for item, path, expected in zip(gallery, files, direct['output_imgs']):
-        assert item['caption'].startswith('seed 5')
+    for i, (item, path, expected) in enumerate(zip(gallery, files, direct['output_imgs'])):
+        assert item['caption'].startswith(f'seed {5 + i}')  # image i has its own seed
         for image_path in (item['image'], path):
             with Image.open(image_path) as img:
                 assert JSON_KEY in img.text
                 assert np.array_equal(np.asarray(img.convert('RGB')), expected[:, :, ::-1])
-        assert read_png_parameters(path) == record
+        # Each PNG carries its own image's parameters, as the command line's do.
+        assert read_png_parameters(path) == {**record, 'seed': 5 + i, 'num_images_per_prompt': 1}
 
     # Progress per stage while it runs; /stop stops this client's run through the pipeline's callback.
     job = client.submit(PROMPT, num_inference_steps=1000, api_name='/generate')
