@@ -137,3 +137,13 @@ def test_batch_lines_take_pictures_relative_to_the_jsonl_file_or_as_base64(sdxl_
     # Resumable as before: a second run makes nothing again.
     again = run_batch(str(prompts), str(out), pipe=sdxl_pipe, log=lambda _: None)
     assert again.skipped == 3 and again.recorded == 0
+
+
+def test_only_the_modelscope_server_process_refuses_picture_paths():
+    from modelscope_sdxl.cli.plugin import serving
+
+    assert serving(['modelscope', 'server', '--model_id', 'a/b'])
+    assert serving(['modelscope', '--token', 'T', 'server', '--model_id', 'a/b'])
+    assert not serving(['modelscope', 'sdxl', 'generate', 'server'])
+    assert not serving(['modelscope', 'download', '--model', 'a/b'])
+    assert not serving(['modelscope-sdxl', 'generate', 'a dog'])

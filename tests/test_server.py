@@ -207,6 +207,9 @@ BAD_REQUESTS = [
     ({'input': {'text': 'a dog'}, 'parameters': {'image': 'data:image/png;base64,AAAA'}},
      'ValueError: image: the data URL does not hold base64 PNG or JPEG data'),
     ({'input': {'text': 'a dog'}, 'parameters': {'mask_image': MASK}}, 'ValueError: mask_image needs an image'),
+    # A network caller cannot make the server read a picture from the server's own disk.
+    ({'input': {'text': 'a dog'}, 'parameters': {'image': os.path.abspath(__file__)}},
+     'ValueError: image: file paths are not read here (MODELSCOPE_SDXL_PICTURE_PATHS=0, as under modelscope server)'),
     # ModelScope's server accepts only the task's input keys ("text") in "input".
     ({'input': {'text': 'a dog', 'seed': 1}}, "KeyError: 'seed'"),
     # Hostile bodies (issue 14) that reach the pipeline: refused by name.

@@ -410,6 +410,21 @@ def test_gradio_client_generate(studio, mini_pipe, tmp_path):
     assert {p['parameter_name']: p['parameter_default'] for p in params}['num_inference_steps'] == \
         PARAMS_BY_NAME['num_inference_steps'].default
 
+    # A picture to start from is an upload (here through the client), never a path on the server.
+    from gradio_client import handle_file
+
+    picture = tmp_path / 'picture.png'
+    Image.fromarray(mini_pipe({'text': 'a blue square on a white background', 'seed': 3})['output_imgs'][0][:, :, ::-1]
+                    ).save(picture)
+    uploader = Client(studio.url + '/', verbose=False, download_files=str(tmp_path))  # a client of its own
+    _, _, record, files, _ = uploader.predict(PROMPT, image=handle_file(str(picture)), denoising_strength=0.6,
+                                              refiner_mode='none', seed=4, api_name='/generate')
+    assert (record['denoising_strength'], record['refiner_mode'], record['seed']) == (0.6, 'none', 4)
+    direct = mini_pipe({'text': PROMPT, 'image': Image.open(picture), 'denoising_strength': 0.6,
+                        'refiner_mode': 'none', 'seed': 4})
+    with Image.open(files[0]) as img:
+        assert np.array_equal(np.asarray(img.convert('RGB')), direct['output_imgs'][0][:, :, ::-1])
+
     gallery, a1111, record, files, status = client.predict(
         PROMPT, seed=5, num_images_per_prompt=2, api_name='/generate')
     assert len(gallery) == len(files) == 2

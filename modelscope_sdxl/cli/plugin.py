@@ -17,6 +17,7 @@ command, ``--help`` included.
 from __future__ import annotations
 
 import os
+import sys
 from argparse import Namespace
 from typing import Any
 
@@ -25,6 +26,19 @@ from modelscope_hub.cli.base import CLICommand
 from . import DESCRIPTION, add_subcommands, run
 
 NAME = 'sdxl'
+#: `modelscope server` answers callers on the network: they must not make it read its own files as
+#: pictures (inputs/images.py reads this variable; the server's process loads this plugin).
+PICTURE_PATHS_ENV = 'MODELSCOPE_SDXL_PICTURE_PATHS'
+
+
+def serving(argv: list) -> bool:
+    """Whether `argv` is ``modelscope server ...`` (a global option's value, ``--token X``, may come first)."""
+    words = [a for a in argv[1:] if not a.startswith('-')]
+    return bool(words) and words[0] != NAME and 'server' in words[:2]
+
+
+if serving(sys.argv):
+    os.environ.setdefault(PICTURE_PATHS_ENV, '0')
 
 
 class SDXLCommand(CLICommand):

@@ -18,7 +18,6 @@ from typing import Any, Optional
 from .errors import CommandError
 from .quiet import quiet_libraries, verbose
 from .sources import DEFAULT_MODEL, ModelSource, add_model_arguments
-from .webui_app import theme
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 7860
@@ -99,6 +98,14 @@ def serve(demo: Any, host: Optional[str] = None, port: Optional[int] = None, blo
         signal.signal(signal.SIGTERM, previous)
         demo.close()
         demo.webui.outputs.remove()
+
+
+def theme() -> Any:
+    """Gradio's default look with the system's fonts: the page fetches nothing from other hosts for them."""
+    import gradio as gr
+
+    return gr.themes.Default(font=['ui-sans-serif', 'system-ui', 'sans-serif'],
+                             font_mono=['ui-monospace', 'Consolas', 'monospace'])
 
 
 def studio_app() -> Any:

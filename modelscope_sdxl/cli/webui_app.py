@@ -43,7 +43,10 @@ LABELS = {'text': 'Prompt', 'negative_prompt': 'Negative prompt', 'num_inference
           'guidance_scale': 'Guidance scale', 'scheduler': 'Sampler', 'aspect_ratio': 'Aspect ratio',
           'height': 'Height', 'width': 'Width', 'seed': 'Seed', 'num_images_per_prompt': 'Images per call',
           'refiner_mode': 'Refiner mode', 'high_noise_frac': 'Refiner switch (high_noise_frac)',
-          'strength': 'Refiner strength'}
+          'strength': 'Refiner strength', 'image': 'Picture', 'mask_image': 'Mask (white: repaint)',
+          'denoising_strength': 'Denoising strength'}
+#: The picture a run may start from, in its own section of the page.
+PICTURE_INPUTS = ('image', 'mask_image', 'denoising_strength')
 #: A dropdown's entry for "leave it to the model" (a parameter whose default is derived).
 DEFAULT_CHOICE = 'default'
 ASPECT_RATIOS = ('1:1', '4:3', '3:4', '3:2', '2:3', '16:9', '9:16', '21:9')
@@ -275,6 +278,12 @@ def _components(names: Sequence[str], limits: Any) -> Dict[str, Any]:
             built[name] = gr.Textbox(label=label, lines=2, placeholder='a red circle on a blue background',
                                      elem_id='prompt')
             continue
+        if p.type in ('image', 'mask'):
+            # An upload, handed to the pipeline as a PIL image: the page never sends a path on the
+            # server's disk, so no page or API call can make the server read its own files.
+            built[name] = gr.Image(type='pil', label=label, sources=['upload', 'clipboard'], height=220,
+                                   image_mode='L' if p.type == 'mask' else 'RGB', elem_id=name)
+            continue
         if name == 'num_images_per_prompt':
             built[name] = slider(minimum=1, maximum=limits.max_images_per_call, step=1, value=p.default,
                                  label=label, info=f'{info} At most {limits.max_images_per_call} here.',
@@ -376,6 +385,9 @@ def build_app(pipe: Any, source: Dict[str, Any], title: str = 'SDXL base + refin
                         random_button = gr.Button('Random', size='sm', elem_id='random-seed')
                         reuse_button = gr.Button('Last seed', size='sm', elem_id='reuse-seed')
                 components.update(_components(COMMON[seed_at + 1:], limits))
+                with gr.Accordion('Start from your picture (img2img, inpainting, the refiner alone)', open=False,
+                                  elem_id='picture'):
+                    components.update(_components(PICTURE_INPUTS, limits))
                 with gr.Accordion('Advanced', open=False, elem_id='advanced'):
                     components.update(_components([n for n in input_names() if n not in components], limits))
             with gr.Column(scale=1):
@@ -435,11 +447,3 @@ def _mode_visibility(components: Dict[str, Any], limits: Any) -> None:
     initial = 'ensemble' if limits.has_refiner else 'none'
     for n, visible in zip(mode_dependent, (initial in PARAMS_BY_NAME[n].refiner_modes for n in mode_dependent)):
         components[n].visible = visible
-
-
-def theme() -> Any:
-    """Gradio's default look with the system's fonts: the page fetches nothing from other hosts for them."""
-    import gradio as gr
-
-    return gr.themes.Default(font=['ui-sans-serif', 'system-ui', 'sans-serif'],
-                             font_mono=['ui-monospace', 'Consolas', 'monospace'])

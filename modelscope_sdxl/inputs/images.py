@@ -25,6 +25,9 @@ _BYTES_PER_PIXEL = 4
 _MAGIC = {b'\x89PNG\r\n\x1a\n': 'PNG', b'\xff\xd8\xff': 'JPEG'}
 _DATA_URL = re.compile(r'data:image/[A-Za-z0-9.+-]+;base64,', re.ASCII)
 _BASE64 = re.compile(r'[A-Za-z0-9+/=\s]+\Z', re.ASCII)
+#: Set to 0 where callers are not trusted with this machine's files (``modelscope server`` sets it): then
+#: a picture given as a string must be base64 data, never a path.
+PATHS_ENV = 'MODELSCOPE_SDXL_PICTURE_PATHS'
 ALLOWED = 'a BGR uint8 array, a PIL image, a file path or base64 PNG/JPEG data'
 
 
@@ -175,6 +178,10 @@ def load_picture(name: str, value: Any, max_side: int, mask: bool = False) -> In
         raise ValueError(f'{name}: the data URL does not hold base64 PNG or JPEG data')
     if len(value) > 4096 or '\x00' in value:
         raise ValueError(f'{name} is neither base64 PNG/JPEG data nor a file path')
+    if os.environ.get(PATHS_ENV, '1') == '0':
+        # A server: a caller on the network must not make it read files of its own disk.
+        raise ValueError(f'{name}: file paths are not read here ({PATHS_ENV}=0, as under modelscope server); '
+                         'send the picture as base64 PNG or JPEG data')
     if not os.path.isfile(value):
         raise ValueError(f'{name}: no such file {value!r}, and not base64 PNG/JPEG data')
     try:
