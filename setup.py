@@ -9,8 +9,10 @@ setup(
     packages=find_packages(include=['modelscope_sdxl', 'modelscope_sdxl.*']),
     # The mini model's folders (docs/mini-model.md) ship inside the package: the default model.
     # The configuration read for plain diffusers repos, and the SDXL configs single-file checkpoints load with.
+    # (single_file_configs/clip_tokenizer: CLIP's BPE vocabulary, vocab.json and merges.txt.)
     package_data={'modelscope_sdxl.loading': ['plain_repo/configuration.json', 'single_file_configs/*/*.json',
-                                              'single_file_configs/*/*/*.json'], 'modelscope_sdxl.mini': [
+                                              'single_file_configs/*/*/*.json', 'single_file_configs/*/*.txt'],
+                  'modelscope_sdxl.mini': [
         'model/training_log.json', 'model/*/*.json', 'model/*/*/*.json', 'model/*/*/*.txt',
         'model/*/*/*.safetensors']},
     zip_safe=False,

@@ -17,11 +17,13 @@ import modelscope_sdxl  # noqa: F401  (registers the model and pipeline)
 from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl.loading import single_file
+from modelscope_sdxl.loading.single_file import ROLES
 from modelscope_sdxl.mini.sdxl_folders import TINY_TEXT_ENCODER, TINY_UNET_COMMON, TINY_VAE, build_sdxl_pair, pair_configs
 from modelscope_sdxl.names import PIPELINE_TYPE
 
+from conftest import max_pixel_difference
 from hub_fixtures import hub_environment
-from hub_stub import HubStub, StubRepo
+from hub_stub import HubStub
 from original_layout import write_original_checkpoint
 
 TASK = Tasks.text_to_image_synthesis
@@ -97,16 +99,146 @@ def test_single_file_refiner_after_a_folder_base(pair, folder_images):
     assert max_difference(pipe(dict(CALL))['output_imgs'], folder_images['ensemble']) <= 2
 
 
-def test_the_tokenizers_come_from_the_sdxl_hub_repo_when_the_config_folder_has_none(pair, folder_images, tmp_path):
-    configs = str(tmp_path / 'no-tokenizers')
-    shutil.copytree(pair['configs']['base'], configs, ignore=shutil.ignore_patterns('tokenizer*'))
-    repo = {single_file.TOKENIZER_REPO: StubRepo({'master': pair['folders']['base']})}
-    with HubStub(repo) as stub, hub_environment(stub, str(tmp_path / 'cache')):
-        pipe = pipeline(task=TASK, model=pair['files']['base'], pipeline_name=PIPELINE_TYPE, device='cpu',
-                        single_file_config=configs)
-        fetched = {path for _, _, path in stub.downloads()}
-    assert fetched and all(path.startswith(('tokenizer/', 'tokenizer_2/')) for path in fetched)
-    assert max_difference(pipe(dict(CALL, refiner_mode='none'))['output_imgs'], folder_images['none']) <= 2
+@pytest.fixture(scope='module')
+def clip_vocab_pair(tmp_path_factory):
+    """A tiny base whose text encoders read CLIP's 49,408 token ids (<|startoftext|> 49406, <|endoftext|>
+    49407, as SDXL's do), its single file, and its config folder without tokenizers."""
+    root = tmp_path_factory.mktemp('clip-vocab')
+    sizes = dict(vocab_size=49408)
+    base, _ = build_sdxl_pair(str(root / 'folders'), configs=pair_configs(
+        dict(TINY_TEXT_ENCODER, **sizes), dict(TEXT_ENCODER_2, **sizes), TINY_VAE, TINY_UNET_COMMON))
+    for name in ('text_encoder', 'text_encoder_2'):
+        path = os.path.join(base, name, 'config.json')
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(dict(config, bos_token_id=49406, eos_token_id=49407), f)
+    configs = str(root / 'configs')
+    shutil.copytree(base, configs, ignore=shutil.ignore_patterns('*.safetensors', 'tokenizer*'))
+    return {'folder': base, 'file': write_original_checkpoint(base, str(root / 'clip_vocab_base.safetensors')),
+            'configs': configs}
+
+
+def test_a_config_folder_without_tokenizers_loads_the_shipped_clip_tokenizers_offline(clip_vocab_pair, tmp_path):
+    """The shipped configs have no tokenizer folders: a load with them (here: a tiny config folder
+    likewise without) takes the package's CLIP tokenizers, asks no host at all, and draws what plain
+    diffusers draws with transformers' CLIPTokenizer on those files."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    assert not any(os.path.isdir(os.path.join(single_file.CONFIG_ROOT, role, name))
+                   for role in ROLES for name in ('tokenizer', 'tokenizer_2'))
+    call = dict(CALL, text='A (red) circle, on a blue background!', refiner_mode='none')
+    with HubStub({}) as stub, hub_environment(stub, str(tmp_path / 'cache')) as env:
+        pipe = pipeline(task=TASK, model=clip_vocab_pair['file'], pipeline_name=PIPELINE_TYPE, device='cpu',
+                        single_file_config=clip_vocab_pair['configs'])
+        images = pipe(call)['output_imgs']
+        assert stub.requests == [] and env.foreign_hosts == [], 'a single-file load must not ask any host'
+    components = pipe.model.components
+    assert [(len(t), t.pad_token_id, t.model_max_length) for t in (components.base.tokenizer, components.base.tokenizer_2)] \
+        == [(49408, 49407, 77), (49408, 0, 77)]
+    reference = StableDiffusionXLPipeline.from_pretrained(
+        clip_vocab_pair['folder'], tokenizer=CLIPTokenizer.from_pretrained(single_file.CLIP_TOKENIZER),
+        tokenizer_2=CLIPTokenizer.from_pretrained(single_file.CLIP_TOKENIZER, pad_token='!'))
+    expected = reference(prompt=call['text'], num_inference_steps=call['num_inference_steps'], output_type='np',
+                         generator=[torch.Generator('cpu').manual_seed(call['seed'])]).images
+    assert max_pixel_difference(images, [(image * 255).round().astype(np.uint8) for image in expected]) <= 2
+
+
+# Ids of OpenAI CLIP's SimpleTokenizer (open_clip_torch 3.3.0's tokenizer.py with its bpe_simple_vocab_16e6.txt.gz)
+# for these texts, cross-checked against transformers' CLIPTokenizer on the shipped files by
+# tests/build_clip_tokenizer.py --verify (400 texts; equal ids, decode and round trip).
+CLIP_IDS = [
+    ('a photo of a cat', [49406, 320, 1125, 539, 320, 2368, 49407]),
+    ('A red circle on a blue background', [49406, 320, 736, 7117, 525, 320, 1746, 5994, 49407]),
+    ("hello, world! it's we're I'll they'd", [49406, 3306, 267, 1002, 256, 585, 568, 649, 982, 328, 1342, 889,
+                                              1896, 49407]),
+    ('(masterpiece:1.2), best quality, [ugly], ((sharp focus))', [49406, 263, 12066, 281, 272, 269, 273, 2361, 949,
+                                                                  3027, 267, 314, 8159, 34067, 13796, 8157, 4353,
+                                                                  5167, 49407]),
+    ('Pneumonoultramicroscopicsilicovolcanoconiosis', [49406, 28714, 749, 20253, 9800, 535, 532, 1065, 901, 1556,
+                                                       13697, 9916, 78, 39031, 13903, 49407]),
+    ('Crème brûlée à la française, naïve café', [49406, 1075, 12138, 614, 711, 127, 119, 75, 13489, 21259, 1210,
+                                                 38381, 30505, 267, 1097, 35689, 563, 15304, 49407]),
+    ('straße Σίσυφος Москва', [49406, 1894, 127, 253, 324, 139, 225, 138, 107, 139, 225, 139, 227, 139, 228, 138,
+                               123, 139, 480, 38018, 13506, 23669, 27152, 39813, 27080, 49407]),
+    ('東京の夜景、ネオン', [49406, 48338, 21078, 105, 21575, 23170, 250, 48132, 363, 45262, 2429, 235, 3909, 103,
+                      26875, 49407]),
+    ('一只小狗', [49406, 19759, 222, 34517, 103, 34720, 237, 163, 233, 501, 49407]),
+    ('مدينة', [49406, 12986, 19872, 12046, 16655, 20915, 49407]),
+    ('a 🐱 and a 🐶 under 🌈', [49406, 320, 22979, 537, 320, 10631, 1798, 13042, 49407]),
+    ('∑ ∫ √ ≈ π', [49406, 17788, 495, 17788, 360, 17788, 504, 45451, 139, 478, 49407]),
+    ('price $1,234.56 at 12:30pm', [49406, 2827, 259, 272, 267, 273, 274, 275, 269, 276, 277, 536, 272, 273, 281,
+                                    274, 271, 990, 49407]),
+    ('user@example.com https://a.b/c?d=e#f', [49406, 7031, 287, 6228, 269, 2464, 30901, 12441, 320, 269, 321, 270,
+                                              322, 286, 323, 284, 324, 258, 325, 49407]),
+    ('snake_case and camelCase and kebab-case', [49406, 8798, 318, 2068, 537, 27005, 2068, 537, 36497, 268, 2068,
+                                                 49407]),
+    ('8k uhd, dslr, film grain, Fujifilm XT3', [49406, 279, 330, 84, 4414, 267, 33740, 267, 1860, 12109, 267,
+                                                24765, 1052, 274, 49407]),
+    ('  Tabs\tand\nnewlines  ', [49406, 29163, 537, 1218, 3418, 49407]),
+    ('quotes "double" \'single\' `back`', [49406, 5808, 257, 3200, 257, 568, 17005, 262, 319, 893, 319, 49407]),
+    ('a/b\\c|d<e>f{g}h[i]j~k^l%m', [49406, 320, 270, 321, 315, 322, 347, 323, 283, 324, 285, 325, 346, 326, 348,
+                                    327, 314, 328, 316, 329, 349, 330, 317, 331, 260, 332, 49407]),
+]
+
+
+def test_the_shipped_vocabulary_is_clips_built_from_its_merges():
+    """vocab.json is what CLIP's SimpleTokenizer builds from merges.txt (byte characters, the same with
+    </w>, the merges joined, the two special tokens), and merges.txt is the first 48,894 merges of
+    bpe_simple_vocab_16e6.txt.gz (sha256 924691ac...6804a) under its '#version: 0.2' line."""
+    import hashlib
+
+    from build_clip_tokenizer import MERGES, vocabulary
+
+    with open(os.path.join(single_file.CLIP_TOKENIZER, 'merges.txt'), 'rb') as f:
+        raw = f.read()
+    assert hashlib.sha256(raw).hexdigest() == '9fd691f7c8039210e0fced15865466c65820d09b63988b0174bfe25de299051a'
+    lines = raw.decode('utf-8').split('\n')
+    assert lines[0] == '#version: 0.2' and lines[-1] == '' and len(lines) == MERGES + 2
+    with open(os.path.join(single_file.CLIP_TOKENIZER, 'vocab.json'), encoding='utf-8') as f:
+        vocab = json.load(f)
+    assert vocab == {token: i for i, token in enumerate(vocabulary(lines[1:-1]))}
+    assert len(vocab) == 49408 and sorted(vocab.values()) == list(range(49408))
+    assert (vocab['!'], vocab['!</w>'], vocab['in'], vocab['<|startoftext|>'], vocab['<|endoftext|>']) == (
+        0, 256, 512, 49406, 49407)
+
+
+@pytest.mark.parametrize('text,ids', CLIP_IDS, ids=range(len(CLIP_IDS)))
+def test_the_shipped_tokenizers_give_clips_ids(text, ids):
+    from transformers import CLIPTokenizerFast
+
+    tokenizers = [single_file.shipped_tokenizer('tokenizer'), CLIPTokenizerFast.from_pretrained(single_file.CLIP_TOKENIZER)]
+    if '!' not in text:  # tokenizer_2 reads '!', its pad token, as id 0 (below)
+        tokenizers.append(single_file.shipped_tokenizer('tokenizer_2'))
+    for tokenizer in tokenizers:
+        assert tokenizer(text).input_ids == ids
+        decoded = tokenizer.decode(ids, skip_special_tokens=True)
+        assert tokenizer(decoded).input_ids == ids  # round trip
+
+
+def test_the_shipped_tokenizers_pad_as_sdxls_do():
+    """SDXL's tokenizer pads with <|endoftext|> (49407), tokenizer_2 with '!' (0); 77 ids, long text cut."""
+    for name, pad in (('tokenizer', 49407), ('tokenizer_2', 0)):
+        tokenizer = single_file.shipped_tokenizer(name)
+        assert (len(tokenizer), tokenizer.model_max_length, tokenizer.pad_token_id) == (49408, 77, pad)
+        assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
+        short = tokenizer('a photo of a cat', padding='max_length', max_length=77, truncation=True).input_ids
+        assert short == CLIP_IDS[0][1] + [pad] * 70
+        long = tokenizer('word ' * 100, padding='max_length', max_length=77, truncation=True).input_ids
+        assert long == [49406] + [2653] * 75 + [49407]
+    # As the SDXL hub repo's tokenizer_2 does under transformers (diffusers issue #4153, whose output this is):
+    # '!' in the text is the pad token there; CLIP's own tokenizer reads '! !! !!!' as [256, 748, 995].
+    assert single_file.shipped_tokenizer('tokenizer_2')('! !! !!!').input_ids == [49406] + [0] * 6 + [49407]
+    assert single_file.shipped_tokenizer('tokenizer')('! !! !!!').input_ids == [49406, 256, 748, 995, 49407]
+
+
+def test_a_missing_shipped_tokenizer_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(single_file, 'CLIP_TOKENIZER', str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"CLIP tokenizer files \['vocab.json', 'merges.txt'\] are missing"):
+        single_file.shipped_tokenizer('tokenizer')
+    with pytest.raises(ValueError, match=r"tokenizer name must be one of \['tokenizer', 'tokenizer_2'\], got 'x'"):
+        single_file.shipped_tokenizer('x')
 
 
 def test_shipped_configs_are_sdxl_1_0():

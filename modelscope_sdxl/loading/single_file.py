@@ -9,12 +9,12 @@ is always given a local config folder, so it never asks a hub for configs:
 - or ``single_file_config=``: a diffusers-layout folder (an SDXL repo folder; its weights are not
   read) for the base, or ``{'base': folder, 'refiner': folder}``, for checkpoints of other shapes.
 
-Tokenizers: CLIP's BPE vocabulary (49,408 tokens) is not shipped with the package, and no installed
-library carries it. A config folder that has ``tokenizer/`` and ``tokenizer_2/`` folders provides its
-own; otherwise (the shipped configs) the two tokenizer folders of :data:`TOKENIZER_REPO` are fetched
-once through ModelScope's client (about 3 MB, no weights) and taken from its cache afterwards, also
-offline. A wrong vocabulary would silently draw the wrong pictures, so there is no fallback to any
-other tokenizer: without the hub and without a cached copy, loading stops and says so.
+Tokenizers: a single file holds none. A config folder with ``tokenizer/`` and ``tokenizer_2/`` folders
+provides its own; for the shipped configs (and any given folder lacking them) the package's copy of
+CLIP's BPE tokenizer is used (``single_file_configs/clip_tokenizer/``: OpenAI CLIP's vocabulary of
+49,408 tokens, MIT License, built by tests/build_clip_tokenizer.py from ``bpe_simple_vocab_16e6.txt.gz``).
+SDXL's two tokenizers share that vocabulary and differ only in padding (:data:`TOKENIZER_PADS`), so
+one copy serves both. Nothing is fetched from a hub: a single-file load works offline from the start.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from typing import Any, Dict, Mapping, Optional
 
 #: The package's config folders for SDXL 1.0 single files: CONFIG_ROOT/base and CONFIG_ROOT/refiner.
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'single_file_configs')
-#: The hub repo whose tokenizer/ and tokenizer_2/ a single-file load uses when its config folder has none.
-TOKENIZER_REPO = 'AI-ModelScope/stable-diffusion-xl-base-1.0'
-TOKENIZER_FILES = ['tokenizer/*', 'tokenizer_2/*']
+#: CLIP's BPE tokenizer files (vocab.json, merges.txt; CLIP ViT-L's settings), shared by SDXL's two tokenizers.
+CLIP_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'single_file_configs', 'clip_tokenizer')
+#: The padding token of each SDXL tokenizer: CLIP ViT-L's pads with <|endoftext|> (id 49407), OpenCLIP
+#: bigG's (tokenizer_2) with '!' (id 0), as in stabilityai's SDXL repos.
+TOKENIZER_PADS = {'tokenizer': '<|endoftext|>', 'tokenizer_2': '!'}
 ROLES = ('base', 'refiner')
 _TOKENIZERS = {'base': ('tokenizer', 'tokenizer_2'), 'refiner': ('tokenizer_2',)}
 
@@ -67,23 +69,23 @@ def config_folder(role: str, given: Mapping[str, str]) -> str:
     return given.get(role) or os.path.join(CONFIG_ROOT, role)
 
 
-def _missing_tokenizers(config_dir: str, role: str, passed: Mapping[str, Any]) -> Dict[str, Any]:
-    missing = [name for name in _TOKENIZERS[role]
-               if name not in passed and not os.path.isdir(os.path.join(config_dir, name))]
-    if not missing:
-        return {}
+def shipped_tokenizer(name: str) -> Any:
+    """SDXL's `name` tokenizer ('tokenizer' or 'tokenizer_2') from the package's CLIP vocabulary."""
     from transformers import CLIPTokenizer
 
-    from ..hub import resolve_folder
+    if name not in TOKENIZER_PADS:
+        raise ValueError(f'tokenizer name must be one of {sorted(TOKENIZER_PADS)}, got {name!r}')
+    missing = [f for f in ('vocab.json', 'merges.txt') if not os.path.isfile(os.path.join(CLIP_TOKENIZER, f))]
+    if missing:
+        raise FileNotFoundError(f'the package\'s CLIP tokenizer files {missing} are missing from {CLIP_TOKENIZER} '
+                                '(a broken install: reinstall modelscope-sdxl), or pass single_file_config= a '
+                                'folder with tokenizer/ and tokenizer_2/ (any SDXL repo folder)')
+    return CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, pad_token=TOKENIZER_PADS[name])
 
-    try:
-        folder = resolve_folder(TOKENIZER_REPO, None, TOKENIZER_FILES)
-    except Exception as exc:
-        raise ConnectionError(
-            f'a single-file checkpoint has no tokenizers, and the config folder {config_dir} has none either; '
-            f'fetching the CLIP tokenizers of {TOKENIZER_REPO} failed ({type(exc).__name__}: {exc}). Pass '
-            'single_file_config= a folder with tokenizer/ and tokenizer_2/ (any SDXL repo folder)') from exc
-    return {name: CLIPTokenizer.from_pretrained(os.path.join(folder, name)) for name in missing}
+
+def _missing_tokenizers(config_dir: str, role: str, passed: Mapping[str, Any]) -> Dict[str, Any]:
+    return {name: shipped_tokenizer(name) for name in _TOKENIZERS[role]
+            if name not in passed and not os.path.isdir(os.path.join(config_dir, name))}
 
 
 def load_single_file(cls: Any, path: str, role: str, config_dir: str, **kwargs: Any) -> Any:
