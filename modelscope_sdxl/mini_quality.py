@@ -38,6 +38,8 @@ THRESHOLDS: Dict[str, float] = {'colours': 0.95, 'position': 0.95, 'shape': 0.54
 def eval_scenes(count: int = EVAL_COUNT) -> List[Scene]:
     """The fixed evaluation prompts (the same every run), covering the whole grammar; the first
     `count` of them (their order is shuffled, so a prefix is a fair sample)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= EVAL_COUNT:
+        raise ValueError(f'count: the number of evaluation prompts, an integer from 1 to {EVAL_COUNT}; got {count!r}')
     rng = np.random.default_rng(EVAL_SEED)
     colours = list(COLOURS)
     pairs = [(a, b) for a in colours for b in colours if a != b]

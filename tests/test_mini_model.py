@@ -72,6 +72,12 @@ def test_reader_is_exact_on_drawn_scenes(size):
     assert scores['fill_triangle'] == pytest.approx(0.5, abs=0.04)
 
 
+@pytest.mark.parametrize('count', [0, 91, 2.5, True])
+def test_eval_scenes_refuses_a_count_outside_the_set(count):
+    with pytest.raises(ValueError, match=r'count: the number of evaluation prompts, an integer from 1 to 90'):
+        eval_scenes(count)
+
+
 def test_reader_reads_jittered_training_drawings():
     """The training data's jitter (+-12% size, +-4% place, +-12 levels) stays inside every class."""
     scenes = random_scenes(np.random.default_rng(1), 200)
