@@ -131,6 +131,15 @@ def nearest_colour(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((table - np.asarray(rgb, dtype=np.float32)) ** 2).sum(axis=1)))]
 
 
+#: Share of its bounding box each shape fills when drawn exactly (square 1, circle pi/4,
+#: equilateral triangle 1/2): the "plain geometric reading" of a shape.
+IDEAL_FILL: Dict[str, float] = {'square': 1.0, 'circle': float(np.pi / 4), 'triangle': 0.5}
+#: Area of each shape in units of r^2 (r = SIZES' share times the side): circle pi r^2,
+#: square (1.8 r)^2, triangle with inradius 0.6 r (render's shapes).
+SHAPE_AREA: Dict[str, float] = {'circle': float(np.pi), 'square': 1.8 ** 2,
+                                'triangle': float(3 * np.sqrt(3) * 0.6 ** 2)}
+
+
 @dataclass(frozen=True)
 class Reading:
     """What an image shows, read from its pixels alone."""
@@ -138,6 +147,28 @@ class Reading:
     colour: Optional[str]  # None when no shape stands out from the background
     shape: Optional[str]
     cell: Optional[Tuple[int, int]]
+    fill: Optional[float] = None  # share of its bounding box the shape fills
+    area: Optional[float] = None  # the shape's area as a share of the image's
+    stray_pixels: int = 0  # pixels in stray patches (see read_image)
+
+    def fill_shape(self) -> Optional[str]:
+        """The shape whose ideal fill ratio (IDEAL_FILL) is nearest to the one read."""
+        if self.fill is None:
+            return None
+        return min(IDEAL_FILL, key=lambda k: abs(IDEAL_FILL[k] - self.fill))
+
+    def size_word(self, shape: str) -> Optional[str]:
+        """The size word (SIZES) nearest to the area read, for a shape of kind `shape`:
+        boundaries at the geometric means of neighbouring sizes, so the +-12% size jitter of the
+        training data stays inside its own class."""
+        if self.area is None:
+            return None
+        r = float(np.sqrt(self.area / SHAPE_AREA[shape]))
+        ordered = sorted(SIZES.items(), key=lambda kv: kv[1])
+        for (word, share), (_, upper) in zip(ordered, ordered[1:]):
+            if r < np.sqrt(share * upper):
+                return word
+        return ordered[-1][0]
 
 
 def read_image(rgb: np.ndarray, min_pixels: int = 12) -> Reading:
@@ -148,7 +179,8 @@ def read_image(rgb: np.ndarray, min_pixels: int = 12) -> Reading:
     from that background; its colour is their median, its cell the grid cell of
     their centroid, its kind from how much of its bounding box it fills (square
     above 0.91, circle above 0.65, triangle below; drawn exactly: 1.0, 0.69-0.86
-    and 0.49-0.61).
+    and 0.49-0.61). The fill ratio, the area and the pixels in stray patches are kept
+    too (Reading.fill_shape, Reading.size_word).
     """
     import cv2
 
@@ -171,4 +203,24 @@ def read_image(rgb: np.ndarray, min_pixels: int = 12) -> Reading:
     cell = (min(int(cy / h * 3), 2), min(int(cx / w * 3), 2))
     fill = area / float(stats[k, cv2.CC_STAT_WIDTH] * stats[k, cv2.CC_STAT_HEIGHT])
     shape = 'square' if fill > 0.91 else 'circle' if fill > 0.65 else 'triangle'
-    return Reading(background, colour, shape, cell)
+    stray = _stray_pixels(img, bg_rgb, np.median(img[labels == k], axis=0), labels, k, stats)
+    return Reading(background, colour, shape, cell, fill=fill, area=area / float(h * w), stray_pixels=stray)
+
+
+def _stray_pixels(img: np.ndarray, bg_rgb: np.ndarray, fg_rgb: np.ndarray, labels: np.ndarray, k: int,
+                  stats: np.ndarray) -> int:
+    """Pixels in stray patches: other regions that stand out from the background besides the
+    shape, and pixels of a third colour -- farther than 60 RGB levels from every mix of the
+    background and shape colours, so anti-aliased or soft edges do not count. Patches count from
+    one pixel per 1,024 of the image (4 at 64 x 64) upwards."""
+    import cv2
+
+    h, w, _ = img.shape
+    min_patch = max(2, (h * w) // 1024)
+    seg = fg_rgb - bg_rgb
+    t = np.clip(((img - bg_rgb) @ seg) / max(float(seg @ seg), 1e-6), 0.0, 1.0)
+    off_mix = np.sqrt(((img - bg_rgb - t[..., None] * seg) ** 2).sum(axis=-1)) > 60
+    stray = off_mix | ((labels > 0) & (labels != k))
+    count, _, stray_stats, _ = cv2.connectedComponentsWithStats(stray.astype(np.uint8), connectivity=8)
+    areas = stray_stats[1:, cv2.CC_STAT_AREA]
+    return int(areas[areas >= min_patch].sum())
