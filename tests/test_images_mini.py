@@ -48,7 +48,10 @@ def test_img2img_with_a_low_denoising_strength_keeps_the_scene(mini_pipe):
     before = mini_pipe({'text': 'a green square on a white background', 'seed': 4})['output_imgs'][0]
     after = mini_pipe({'text': 'a green square on a white background', 'seed': 5, 'image': before,
                        'denoising_strength': 0.3})['output_imgs'][0]
-    assert read_image(after[:, :, ::-1]) == read_image(before[:, :, ::-1])
+    seen, was = read_image(after[:, :, ::-1]), read_image(before[:, :, ::-1])
+    # The same scene: colours, shape and place; its outline may move by a pixel or two.
+    assert (seen.background, seen.colour, seen.shape, seen.cell) == (was.background, was.colour, was.shape, was.cell)
+    assert abs(seen.area - was.area) < 0.01 and seen.stray_pixels == was.stray_pixels
     assert np.abs(after.astype(int) - before.astype(int)).mean() < 8
 
 
