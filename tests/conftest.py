@@ -76,6 +76,20 @@ def diffusers_images(pair, mode, prompt, seed, steps=10, num_images_per_prompt=1
     return [(img * 255).round().astype(np.uint8) for img in images]
 
 
+def assert_concurrent_equals_sequential(run, calls):
+    """Every call of `calls`, run twice over on as many threads, returns exactly what it returns alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sequential = [run(c) for c in calls]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        concurrent = list(pool.map(run, list(calls) * 2))
+    for i, images in enumerate(concurrent):
+        expected = sequential[i % len(calls)]
+        assert len(images) == len(expected)
+        for got, want in zip(images, expected):
+            assert np.array_equal(got, want), f'call {i} ({calls[i % len(calls)]}) differs when run concurrently'
+
+
 def max_pixel_difference(bgr_images, rgb_images):
     assert len(bgr_images) == len(rgb_images)
     return max(int(np.abs(b[:, :, ::-1].astype(int) - r.astype(int)).max())

@@ -2,7 +2,6 @@
 (within 2/255), pictures arrive in every accepted form, and bad pictures are refused before any work."""
 import base64
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from modelscope_sdxl.inputs.images import load_picture
 from modelscope_sdxl.mini.scenes import Scene, render
 from modelscope_sdxl.parameters import validate
 
-from conftest import max_pixel_difference
+from conftest import assert_concurrent_equals_sequential, max_pixel_difference
 
 MODES = ['none', 'sdedit', 'ensemble', 'refiner_only']
 
@@ -244,13 +243,7 @@ def _run(pipe, call):
 
 
 def test_concurrent_picture_calls_equal_their_sequential_results(sdxl_pipe):
-    sequential = [_run(sdxl_pipe, c) for c in IMAGE_CALLS]
-    with ThreadPoolExecutor(max_workers=len(IMAGE_CALLS)) as pool:
-        concurrent = list(pool.map(lambda c: _run(sdxl_pipe, c), IMAGE_CALLS * 2))
-    for i, images in enumerate(concurrent):
-        expected = sequential[i % len(IMAGE_CALLS)]
-        assert len(images) == len(expected)
-        assert all(np.array_equal(g, w) for g, w in zip(images, expected)), IMAGE_CALLS[i % len(IMAGE_CALLS)]
+    assert_concurrent_equals_sequential(lambda c: _run(sdxl_pipe, c), IMAGE_CALLS)
 
 
 def test_lean_memory_mode_gives_the_resident_picture_results(sdxl_pipe, tiny_sdxl):

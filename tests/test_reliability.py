@@ -4,7 +4,6 @@ import copy
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from modelscope.pipelines import pipeline
 from modelscope.utils.constant import Tasks
 from modelscope_sdxl.generation import NonFiniteOutputError, decode_latents
 from modelscope_sdxl.loading.folder_checks import ModelFolderError
+
+from conftest import assert_concurrent_equals_sequential
 
 CALLS = [
     {'text': 'a red circle', 'seed': 1, 'scheduler': 'euler'},
@@ -34,14 +35,7 @@ def run(pipe, params):
 
 
 def test_concurrent_calls_equal_their_sequential_results(sdxl_pipe):
-    sequential = [run(sdxl_pipe, c) for c in CALLS]
-    with ThreadPoolExecutor(max_workers=len(CALLS)) as pool:
-        concurrent = list(pool.map(lambda c: run(sdxl_pipe, c), CALLS * 2))
-    for i, images in enumerate(concurrent):
-        expected = sequential[i % len(CALLS)]
-        assert len(images) == len(expected)
-        for got, want in zip(images, expected):
-            assert np.array_equal(got, want), f'call {i} ({CALLS[i % len(CALLS)]}) differs when run concurrently'
+    assert_concurrent_equals_sequential(lambda c: run(sdxl_pipe, c), CALLS)
 
 
 def test_nan_pixels_raise_instead_of_a_black_image(sdxl_pipe, monkeypatch):
