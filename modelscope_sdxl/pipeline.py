@@ -83,10 +83,6 @@ class SDXLPipeline(Pipeline):
             config_file = PLAIN_REPO_CONFIGURATION
         super().__init__(config_file=config_file, model=model, device=device, auto_collate=False,
                          **from_caller(model, model_kwargs))
-        if isinstance(self.model, str):
-            # A plain diffusers-format repo whose configuration.json has no `model` section.
-            self.model = SDXLModel(self.model, device=device, **model_kwargs)
-            self.models = [self.model]
         self.limits = dataclasses.replace(self.model.limits, max_images_per_call=max_images_per_call)
         if progress_bar is not None and not isinstance(progress_bar, bool):
             raise TypeError(f'progress_bar must be True, False or None, got {progress_bar!r}')
