@@ -73,3 +73,24 @@ def test_gpu_benchmark_builds_half_precision_folders_that_pass_the_folder_checks
     for folder in (base, refiner):
         with safe_open(os.path.join(folder, 'unet', 'diffusion_pytorch_model.safetensors'), 'pt') as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {'F16'}
+
+
+def test_few_step_script_times_each_unet_call_and_composes_the_shipped_run(tmp_path):
+    out = tmp_path / 'few-step.json'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'few_step.py'), '--scale', 'tiny',
+                             '--size', '64', '--cache', str(tmp_path / 'models'), '--json', str(out)],
+                            capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    four, cut = report['runs']['four_step'], report['runs']['shipped_cut']
+    # 4 steps without guidance: four base calls on a batch of 1, then one decode
+    assert [(c['stage'], c.get('batch')) for c in four['calls']] == [('base', 1)] * 4 + [('vae_decode', None)]
+    # one guided step per stage: a batch of 2 each, base first
+    assert [(c['stage'], c.get('batch')) for c in cut['calls']] == [('base', 2), ('refiner', 2), ('vae_decode', None)]
+    s = report['summary']
+    base_s, refiner_s = cut['calls'][0]['s'], cut['calls'][1]['s']
+    composed = cut['total_s'] - base_s - refiner_s + 30 * base_s + 10 * refiner_s
+    assert abs(s['shipped_min'] * 60 - composed) < 1e-6
+    assert abs(s['four_step_min'] * 60 - four['total_s']) < 1e-6
+    assert '| 4-step settings' in result.stdout and '| SDXL as shipped' in result.stdout
