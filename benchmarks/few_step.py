@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -49,6 +47,7 @@ def child(base: str, run: str, size: int) -> Dict[str, Any]:
     from diffusers.models.autoencoders.vae import Decoder
 
     import modelscope_sdxl  # noqa: F401
+    from benchmarks.run import _peak_rss_gb
     from modelscope.pipelines import pipeline
 
     calls: List[Dict[str, Any]] = []
@@ -81,16 +80,17 @@ def child(base: str, run: str, size: int) -> Dict[str, Any]:
     wall = time.perf_counter() - t1
     assert out['output_imgs'][0].shape == (size, size, 3)
     return {'run': run, 'load_s': load, 'call_s': wall, 'total_s': time.perf_counter() - t0, 'calls': calls,
-            'threads': torch.get_num_threads(),
-            'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+            'threads': torch.get_num_threads(), 'peak_rss_gb': _peak_rss_gb()}
 
 
 def summarize(four: Dict[str, Any], cut: Dict[str, Any]) -> Dict[str, Any]:
     unet_s = {stage: [c['s'] for c in cut['calls'] if c['stage'] == stage] for stage in ('base', 'refiner')}
     per_call = {stage: sum(v) / len(v) for stage, v in unet_s.items()}
     rest = cut['total_s'] - sum(sum(v) for v in unet_s.values())
-    shipped = rest + sum(SHIPPED_STEPS[s] * per_call[s] for s in SHIPPED_STEPS)
+    shipped_unet = sum(SHIPPED_STEPS[s] * per_call[s] for s in SHIPPED_STEPS)
+    shipped = rest + shipped_unet
     return {'four_step_min': four['total_s'] / 60, 'shipped_min': shipped / 60, 'ratio': shipped / four['total_s'],
+            'shipped_unet_s': shipped_unet,
             'guided_base_call_s': per_call['base'], 'guided_refiner_call_s': per_call['refiner'],
             'four_step_unet_calls_s': [c['s'] for c in four['calls'] if c['stage'] == 'base'],
             'vae_decode_s': [c['s'] for c in four['calls'] if c['stage'] == 'vae_decode'],
@@ -99,15 +99,17 @@ def summarize(four: Dict[str, Any], cut: Dict[str, Any]) -> Dict[str, Any]:
 
 def markdown(four: Dict[str, Any], cut: Dict[str, Any], s: Dict[str, Any], size: int) -> str:
     unet4 = sum(s['four_step_unet_calls_s'])
+    base_steps, refiner_steps = SHIPPED_STEPS['base'], SHIPPED_STEPS['refiner']
     lines = [
         f'| {size}², fp32, lean, {four["threads"]} threads | UNet calls | UNet seconds | everything else s '
         f'| CPU minutes | peak RSS GB |',
         '|---|---|---|---|---|---|',
         f'| 4-step settings (guidance 0, no refiner, euler_trailing) | 4 x batch 1 | {unet4:.0f} '
         f'| {four["total_s"] - unet4:.0f} | **{s["four_step_min"]:.1f}** (run) | {four["peak_rss_gb"]:.1f} |',
-        f'| SDXL as shipped, 30 base + 10 refiner steps, guidance 5 | 40 x batch 2 '
-        f'| {30 * s["guided_base_call_s"] + 10 * s["guided_refiner_call_s"]:.0f} '
-        f'| {s["rest_of_cut_run_s"]:.0f} | **{s["shipped_min"]:.1f}** (1 + 1 steps run, 30 + 10 composed) '
+        f'| SDXL as shipped, {base_steps} base + {refiner_steps} refiner steps, guidance 5 '
+        f'| {base_steps + refiner_steps} x batch 2 | {s["shipped_unet_s"]:.0f} '
+        f'| {s["rest_of_cut_run_s"]:.0f} | **{s["shipped_min"]:.1f}** '
+        f'(1 + 1 steps run, {base_steps} + {refiner_steps} composed) '
         f'| {cut["peak_rss_gb"]:.1f} |',
         '',
         f'Shipped / 4-step: **{s["ratio"]:.1f}x**. One guided call: base {s["guided_base_call_s"]:.0f} s, refiner '
@@ -131,6 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     from benchmarks.models import FULL_CONFIGS, build_scale
+    from benchmarks.run import machine
 
     base, _ = build_scale(args.scale, args.cache, FULL_CONFIGS)
     results = {}
@@ -140,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[run] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f'{run}: {results[run]["total_s"]:.1f} s', flush=True)
     summary = summarize(results['four_step'], results['shipped_cut'])
-    print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, scale {args.scale}\n')
+    print(f'{machine()}; scale {args.scale}\n')
     print(markdown(results['four_step'], results['shipped_cut'], summary, args.size))
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, 'w', encoding='utf-8') as f:
