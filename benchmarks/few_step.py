@@ -47,7 +47,7 @@ def child(base: str, run: str, size: int) -> Dict[str, Any]:
     from diffusers.models.autoencoders.vae import Decoder
 
     import modelscope_sdxl  # noqa: F401
-    from benchmarks.run import _peak_rss_gb
+    from benchmarks.run import peak_rss_gb
     from modelscope.pipelines import pipeline
 
     calls: List[Dict[str, Any]] = []
@@ -80,7 +80,7 @@ def child(base: str, run: str, size: int) -> Dict[str, Any]:
     wall = time.perf_counter() - t1
     assert out['output_imgs'][0].shape == (size, size, 3)
     return {'run': run, 'load_s': load, 'call_s': wall, 'total_s': time.perf_counter() - t0, 'calls': calls,
-            'threads': torch.get_num_threads(), 'peak_rss_gb': _peak_rss_gb()}
+            'threads': torch.get_num_threads(), 'peak_rss_gb': peak_rss_gb()}
 
 
 def summarize(four: Dict[str, Any], cut: Dict[str, Any]) -> Dict[str, Any]:

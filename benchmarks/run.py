@@ -56,7 +56,8 @@ SEED = 1234
 # --- child processes: one measurement each ----------------------------------------------------------------------
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GB, the memory figure every benchmark reports."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
 
 
@@ -229,7 +230,7 @@ def child_main(args: argparse.Namespace) -> None:
     images = result.pop('images')
     if images is not None:
         np.save(args.images, images)
-    result['peak_rss_gb'] = _peak_rss_gb()
+    result['peak_rss_gb'] = peak_rss_gb()
     print('RESULT ' + json.dumps(result))
 
 
